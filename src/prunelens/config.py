@@ -1,0 +1,161 @@
+"""Typed experiment configuration: defaults, one-line validation errors, YAML loading, canonical hash."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+from prunelens.errors import PrunelensError
+
+
+def _open_unit(value: float) -> float:
+    if not 0.0 < value < 1.0:
+        raise ValueError("is not in (0, 1)")
+    return value
+
+
+OpenUnit = Annotated[float, AfterValidator(_open_unit)]
+"""A fraction strictly between 0 and 1."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True)
+
+
+class DatasetConfig(_Section):
+    """Which data, where it lives on disk, and how it is split and augmented."""
+
+    name: str = "shapes"
+    root: Path | None = Field(None, description="directory or file with the data (datasets read from disk)")
+    image_size: int | None = Field(None, gt=0, description="resize (or, for `shapes`, render) to this size")
+    val_fraction: OpenUnit = Field(0.1, description="share of train held out as val when a dataset has no val split")
+    max_train: int | None = Field(None, gt=0, description="use only the first N (stratified) training images")
+    augment: bool = Field(False, description="random crop (padding 4) + horizontal flip, per batch on the device")
+    options: dict[str, Any] = Field(default_factory=dict, description="dataset-specific options")
+
+
+class ModelConfig(_Section):
+    """Which network, and optional weights read from a local file."""
+
+    name: str = "conv2"
+    weights: Path | None = Field(None, description="state_dict file to load (pretrained weights, torchvision .pth)")
+    options: dict[str, Any] = Field(default_factory=dict, description="model-specific options (e.g. depth, width)")
+
+
+class PruningConfig(_Section):
+    """What is prunable, how weights are scored and selected, and the IMP schedule."""
+
+    method: str = Field("magnitude", description="importance score")
+    scope: Literal["global", "layerwise"] = "global"
+    fraction: OpenUnit = Field(0.2, description="fraction of the *remaining* prunable weights removed per round")
+    rounds: int = Field(5, ge=0, description="IMP rounds after dense training (not part of the run id)")
+    prune_classifier: bool = True
+    include_bias: bool = False
+    include_bn: bool = False
+    exclude: list[str] = Field(default_factory=list, description="fnmatch patterns of parameter names never pruned")
+    layer_fractions: dict[str, OpenUnit] = Field(
+        default_factory=dict, description="fnmatch pattern → per-round fraction for matching tensors (pruned on their own)"
+    )
+    rewind: Literal["init", "step", "pretrained", "none"] = Field(
+        "init", description="weights each round restarts from: θ0, θ after `rewind_step` steps, model.weights, or none (fine-tune)"
+    )
+    rewind_step: int = Field(0, ge=0)
+
+
+class TrainingConfig(_Section):
+    """Optimiser, learning-rate schedule and length of each round's training."""
+
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(5e-4, ge=0)
+    epochs: int = Field(8, ge=0)
+    batch_size: int = Field(128, gt=0)
+    eval_batch_size: int = Field(1000, gt=0)
+    schedule: Literal["constant", "step", "cosine", "exponential"] = "cosine"
+    milestones: list[int] = Field(default_factory=list, description="epochs at which `step` multiplies the LR by gamma")
+    gamma: float = Field(0.1, gt=0, description="LR factor: per milestone (step) or per epoch (exponential)")
+    warmup_steps: int = Field(0, ge=0, description="linear LR warm-up from 0")
+
+
+class ExperimentConfig(_Section):
+    """A whole experiment; its `run_id` names the run directory."""
+
+    name: str = "experiment"
+    seed: int = 0
+    device: str = "cpu"
+    output_dir: Path = Path("runs")
+    dataset: DatasetConfig = DatasetConfig()
+    model: ModelConfig = ModelConfig()
+    pruning: PruningConfig = PruningConfig()
+    training: TrainingConfig = TrainingConfig()
+
+    def canonical(self) -> dict[str, Any]:
+        """Non-default fields that determine results (no name, output dir or round count)."""
+        data = self.model_dump(mode="json", exclude_defaults=True, exclude={"name", "output_dir"})
+        data.get("pruning", {}).pop("rounds", None)
+        return {k: v for k, v in data.items() if v != {}}
+
+    @property
+    def run_id(self) -> str:
+        """Stable hash of `canonical()`: adding a new option with a default keeps old ids valid."""
+        text = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    @property
+    def run_dir(self) -> Path:
+        return self.output_dir / f"{self.name}-{self.run_id}"
+
+    def with_overrides(self, **sections: dict[str, Any]) -> ExperimentConfig:
+        """A copy with some fields replaced, validated again, e.g. `with_overrides(pruning={"rounds": 8})`."""
+        data = self.model_dump()
+        for key, value in sections.items():
+            data[key] = {**data[key], **value} if isinstance(value, dict) and isinstance(data.get(key), dict) else value
+        return from_dict(data)
+
+
+def _format(err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(part) for part in first["loc"]) or "config"
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        return f"{loc}: unknown field"
+    if first["type"] == "missing":
+        return f"{loc}: required field is missing"
+    more = f" (and {len(err.errors()) - 1} more problem(s))" if len(err.errors()) > 1 else ""
+    return f"{loc}: {first['input']!r} {msg}{more}" if msg.startswith("is ") else f"{loc}: {first['input']!r}: {msg}{more}"
+
+
+def from_dict(data: dict[str, Any], source: str = "config") -> ExperimentConfig:
+    """Validate a plain dict; any problem becomes a one-line `PrunelensError` naming the field."""
+    if not isinstance(data, dict):
+        raise PrunelensError(f"{source}: expected a mapping of config sections, got {type(data).__name__}")
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as err:
+        raise PrunelensError(f"{source}: {_format(err)}") from None
+
+
+def load(path: str | Path) -> ExperimentConfig:
+    """Read and validate a YAML config file (`yaml.safe_load`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise PrunelensError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise PrunelensError(f"{path}:{where} invalid YAML ({getattr(err, 'problem', err)})") from None
+    return from_dict(data, source=str(path))
+
+
+def dump(cfg: ExperimentConfig) -> str:
+    """The full config (defaults included) as YAML."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
