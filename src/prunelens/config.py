@@ -88,7 +88,7 @@ class ExperimentConfig(_Section):
     """A whole experiment; its `run_id` names the run directory."""
 
     name: str = "experiment"
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     device: str = "cpu"
     output_dir: Path = Path("runs")
     dataset: DatasetConfig = DatasetConfig()

@@ -1,0 +1,118 @@
+"""`prunelens run [CONFIG] | list | show RUN`: every user error is one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+from importlib import resources
+from pathlib import Path
+
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from prunelens import config as config_mod
+from prunelens.errors import PrunelensError
+
+QUICKSTART = "quickstart.yaml"
+
+
+def quickstart_config() -> config_mod.ExperimentConfig:
+    """The built-in default experiment (the same file as configs/quickstart.yaml)."""
+    with resources.as_file(resources.files("prunelens") / "configs" / QUICKSTART) as path:
+        return config_mod.load(path)
+
+
+def print_table(frame: pd.DataFrame, title: str) -> None:
+    table = Table(title=title)
+    for col in frame.columns:
+        table.add_column(col, justify="right")
+    for row in frame.itertuples(index=False):
+        table.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row])
+    Console().print(table)
+
+
+def summary_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per-round accuracy-vs-density table from a long-format metrics table."""
+    wide = frame[frame["layer"].fillna("") == ""].pivot(index="round", columns="metric", values="value")
+    wide["flops_ratio"] = wide["flops_effective"] / wide["flops_dense"]
+    cols = ["density", "density_all", "test_top1", "test_top5", "val_top1", "flops_ratio", "train_seconds"]
+    return wide[cols].reset_index()
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from prunelens.experiment import run
+
+    cfg = config_mod.load(args.config) if args.config else quickstart_config()
+    overrides = {k: v for k, v in {"output_dir": args.output_dir, "device": args.device}.items() if v is not None}
+    if args.rounds is not None:
+        overrides["pruning"] = {"rounds": args.rounds}
+    if overrides:
+        cfg = cfg.with_overrides(**overrides)
+    result = run(cfg, quiet=args.quiet)
+    print_table(summary_frame(result.table), f"{cfg.name}: accuracy vs density ({result.run_dir})")
+
+
+def cmd_list(args: argparse.Namespace) -> None:
+    from prunelens.data import DATASETS
+    from prunelens.models import MODELS
+    from prunelens.pruning import SCORES
+
+    for title, registry in (("datasets", DATASETS), ("models", MODELS), ("pruning methods", SCORES)):
+        print(f"{title}: {', '.join(registry.names())}")
+
+
+def resolve_run(name: str, output_dir: Path) -> Path:
+    """A run directory given as a path, a directory name under `output_dir`, or a unique prefix of its hash."""
+    path = Path(name)
+    if (path / "manifest.json").is_file():
+        return path
+    matches = [p for p in output_dir.glob("*") if (p / "manifest.json").is_file() and (p.name == name or p.name.split("-")[-1].startswith(name))]
+    if len(matches) != 1:
+        raise PrunelensError(f"run {name!r}: {'no such run' if not matches else 'ambiguous'} (looked in {output_dir})")
+    return matches[0]
+
+
+def cmd_show(args: argparse.Namespace) -> None:
+    from prunelens.store import RunStore
+
+    run_dir = resolve_run(args.run, Path(args.output_dir or "runs"))
+    store = RunStore(run_dir)
+    frame = pd.read_csv(io.BytesIO(store.read("metrics.csv")), keep_default_na=False)
+    print_table(summary_frame(frame), str(run_dir))
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="prunelens", description="Pruning × explanations, end to end.")
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run, resume or extend an experiment")
+    run.add_argument("config", nargs="?", help="YAML config (default: the built-in quick start)")
+    run.add_argument("--rounds", type=int, help="override pruning.rounds (more rounds extend a finished run)")
+    run.add_argument("--output-dir", help="override output_dir")
+    run.add_argument("--device", help="override device (cpu, cuda, cuda:1, ...)")
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress bars or per-round messages")
+    run.set_defaults(func=cmd_run)
+    sub.add_parser("list", help="datasets, models and pruning methods").set_defaults(func=cmd_list)
+    show = sub.add_parser("show", help="per-round table of a run")
+    show.add_argument("run", help="run directory, its name, or a prefix of its hash")
+    show.add_argument("--output-dir", help="where to look for RUN (default: runs)")
+    show.set_defaults(func=cmd_show)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        args.func(args)
+    except PrunelensError as err:
+        print(f"prunelens: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("prunelens: interrupted; finished rounds are kept, re-run to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""config → data, model → IMP schedule → run store. The Python entry point: `prunelens.run(cfg)`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from prunelens import config as config_mod
+from prunelens.config import ExperimentConfig
+from prunelens.data import build_dataset
+from prunelens.errors import PrunelensError
+from prunelens.models import build_model
+from prunelens.progress import Reporter
+from prunelens.schedules import Context, run_imp
+from prunelens.store import RunStore
+from prunelens.train import seed_everything
+
+MODEL_METRICS = (
+    "density", "density_all", "test_top1", "test_top5", "test_loss", "val_top1", "val_top5", "val_loss", "train_loss",
+    "remaining_params", "nonzero_params", "prunable_params", "total_params", "flops_dense", "flops_effective",
+    "train_seconds", "eval_seconds", "prune_seconds",
+)  # fmt: skip
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    records: list[dict[str, Any]]
+
+    @property
+    def table(self) -> pd.DataFrame:
+        """Long format: one row per (round, metric, layer)."""
+        return tidy(self.records)
+
+    def summary(self) -> pd.DataFrame:
+        """One row per round: density, accuracy, FLOPs — the accuracy-vs-density table."""
+        cols = ["round", "density", "density_all", "test_top1", "test_top5", "val_top1", "flops_effective", "train_seconds"]
+        return pd.DataFrame([{c: rec[c] for c in cols} for rec in self.records])
+
+
+def tidy(records: list[dict[str, Any]]) -> pd.DataFrame:
+    rows = []
+    for rec in records:
+        rows += [{"round": rec["round"], "metric": m, "layer": "", "value": float(rec[m])} for m in MODEL_METRICS]
+        rows += [{"round": rec["round"], "metric": "density", "layer": n, "value": d} for n, d in rec["layers"].items()]
+    return pd.DataFrame(rows, columns=["round", "metric", "layer", "value"])
+
+
+def open_store(cfg: ExperimentConfig) -> RunStore:
+    """The run's store, locked; writes the config on first use and refuses a directory holding another config."""
+    store = RunStore(cfg.run_dir)
+    if store.has("canonical.json") and store.load_json("canonical.json") != cfg.canonical():
+        raise PrunelensError(f"{cfg.run_dir}: holds a run of a different config")
+    store.lock()
+    if not store.has("canonical.json"):
+        store.save_json("canonical.json", cfg.canonical())
+    store.write("config.yaml", config_mod.dump(cfg).encode())
+    return store
+
+
+def check_device(device: str) -> None:
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise PrunelensError(f"device: {device!r} is not a torch device") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise PrunelensError(f"device: {device!r} is not available on this machine")
+
+
+def check_schedule(cfg: ExperimentConfig, model: Any, steps: int) -> None:
+    p = cfg.pruning
+    if p.rewind == "step" and not 0 < p.rewind_step < steps:
+        raise PrunelensError(f"pruning.rewind_step: {p.rewind_step} is not in (0, {steps}) training steps")
+    if p.rewind == "pretrained" and cfg.model.weights is None and not getattr(model, "is_pretrained", False):
+        raise PrunelensError(f"pruning.rewind: 'pretrained' needs model.weights (model {cfg.model.name!r} has no built-in weights)")
+
+
+def run(cfg: ExperimentConfig, quiet: bool = False) -> RunResult:
+    """Run, resume or extend the experiment `cfg`; every input is checked before the run directory is touched."""
+    check_device(cfg.device)
+    bundle = build_dataset(cfg.dataset, cfg.seed)
+    seed_everything(cfg.seed)
+    model = build_model(cfg.model, bundle.num_classes, bundle.in_channels, bundle.image_size).to(cfg.device)
+    with Reporter(quiet) as reporter:
+        ctx = Context(cfg, bundle, model, reporter)
+        check_schedule(cfg, model, ctx.total_steps)
+        store = open_store(cfg)
+        records: list[dict[str, Any]] = []
+
+        def save_tables(record: dict[str, Any]) -> None:
+            records.append(record)
+            store.save_table("metrics", tidy(records))
+
+        run_imp(ctx, store, on_round=save_tables)
+    return RunResult(cfg.run_dir, records)

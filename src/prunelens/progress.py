@@ -1,0 +1,42 @@
+"""Progress bars (rich) that vanish in quiet mode."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+Advance = Callable[[int], None]
+
+
+class Reporter:
+    """`with reporter.task("round 3", total=500) as advance: advance(1)`; messages via `reporter.log`."""
+
+    def __init__(self, quiet: bool = False, console: Console | None = None) -> None:
+        self.quiet = quiet
+        self.console = console or Console(stderr=True)
+        self._bars = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+            console=self.console, transient=True, disable=quiet,
+        )
+
+    def __enter__(self) -> Reporter:
+        self._bars.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._bars.__exit__(*exc)
+
+    @contextmanager
+    def task(self, description: str, total: int) -> Iterator[Advance]:
+        task = self._bars.add_task(description, total=total)
+        try:
+            yield lambda n=1: self._bars.advance(task, n)
+        finally:
+            self._bars.remove_task(task)
+
+    def log(self, message: str) -> None:
+        if not self.quiet:
+            self.console.print(message)

@@ -1,0 +1,116 @@
+"""Training and evaluation loops: optimisers, per-step LR schedules, mask enforcement after every step."""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from prunelens.config import TrainingConfig
+from prunelens.data.base import DataBundle, Split
+from prunelens.data.loader import Loader
+from prunelens.masks import MaskSet
+
+Progress = Callable[[int], None]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (model init; data order is seeded separately per epoch)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def make_loader(bundle: DataBundle, split: Split, batch_size: int, device: str, *, train: bool, seed: int = 0, augment: bool = False) -> Loader:
+    return Loader(split, batch_size, mean=bundle.mean, std=bundle.std, device=device, shuffle=train, seed=seed, augment=augment and train)
+
+
+def build_optimizer(params: list[nn.Parameter], cfg: TrainingConfig) -> torch.optim.Optimizer:
+    """A fresh SGD / Adam / AdamW over `params` (foreach implementation, also on the CPU)."""
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay, foreach=True)
+    cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.optimizer]
+    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+
+
+def lr_factor(step: int, cfg: TrainingConfig, steps_per_epoch: int, total_steps: int) -> float:
+    """Multiplier of the base LR at global `step`; a pure function of the step, so training can start
+    at any step k (rewinding) with the schedule already advanced."""
+    warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+    epoch = step // steps_per_epoch
+    if cfg.schedule == "step":
+        base = cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
+    elif cfg.schedule == "exponential":
+        base = cfg.gamma**epoch
+    elif cfg.schedule == "cosine":
+        base = 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
+    else:
+        base = 1.0
+    return warm * base
+
+
+def train(
+    model: nn.Module,
+    loader: Loader,
+    cfg: TrainingConfig,
+    masks: MaskSet | None,
+    *,
+    start_step: int,
+    end_step: int,
+    progress: Progress | None = None,
+) -> dict[str, float]:
+    """Train from global step `start_step` to `end_step` with a fresh optimiser; pruned weights stay exactly zero.
+
+    Returns the mean training loss over the last epoch trained and the wall time.
+    """
+    steps_per_epoch = len(loader)
+    total = cfg.epochs * steps_per_epoch
+    optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], cfg)
+    enforce = masks.enforcer(model) if masks is not None else (lambda: None)
+    enforce()
+    model.train()
+    step, losses, began = start_step, [], time.perf_counter()
+    while step < end_step:
+        epoch, first = divmod(step, steps_per_epoch)
+        losses = []
+        for x, y in loader.epoch(epoch, start=first):
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.lr * lr_factor(step, cfg, steps_per_epoch, total)
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            enforce()
+            losses.append(loss.detach())
+            step += 1
+            if progress:
+                progress(1)
+            if step >= end_step:
+                break
+    mean_loss = float(torch.stack(losses).mean()) if losses else float("nan")
+    return {"train_loss": mean_loss, "train_seconds": time.perf_counter() - began}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Loader) -> dict[str, float]:
+    """Mean cross-entropy, top-1 and top-5 accuracy over the loader's split (eval mode)."""
+    was_training = model.training
+    model.eval()
+    loss = top1 = top5 = 0.0
+    n = 0
+    for x, y in loader.epoch():
+        logits = model(x)
+        loss += float(F.cross_entropy(logits, y, reduction="sum"))
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        hits = top.eq(y[:, None])
+        top1 += float(hits[:, 0].sum())
+        top5 += float(hits.any(dim=1).sum())
+        n += len(y)
+    model.train(was_training)
+    return {"loss": loss / n, "top1": top1 / n, "top5": top5 / n}

@@ -1,0 +1,59 @@
+"""Config validation (one-line errors naming the field), YAML loading and the canonical hash."""
+
+import pytest
+
+from prunelens import config
+from prunelens.errors import PrunelensError
+
+
+def test_defaults_and_hash_ignore_defaults():
+    base = config.ExperimentConfig()
+    assert base.canonical() == {}
+    explicit = config.from_dict({"seed": 0, "pruning": {"fraction": 0.2}, "training": {"lr": 0.05}})
+    assert explicit.run_id == base.run_id
+    assert config.from_dict({"seed": 1}).run_id != base.run_id
+
+
+def test_hash_ignores_rounds_name_and_output_dir():
+    a = config.from_dict({"pruning": {"rounds": 2}, "name": "a", "output_dir": "x"})
+    b = config.from_dict({"pruning": {"rounds": 9}, "name": "b", "output_dir": "y"})
+    assert a.run_id == b.run_id
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"pruning": {"fraction": 1.3}}, "pruning.fraction: 1.3 is not in (0, 1)"),
+        ({"pruning": {"fraction": 0}}, "pruning.fraction: 0 is not in (0, 1)"),
+        ({"pruning": {"fractoin": 0.2}}, "pruning.fractoin: unknown field"),
+        ({"training": {"optimizer": "rmsprop"}}, "training.optimizer: 'rmsprop'"),
+        ({"training": {"lr": -1}}, "training.lr: -1"),
+        ({"pruning": {"rounds": -2}}, "pruning.rounds: -2"),
+        ({"seed": "abc"}, "seed: 'abc'"),
+        ([1, 2], "expected a mapping"),
+    ],
+)
+def test_validation_is_one_line_naming_the_field(data, message):
+    with pytest.raises(PrunelensError) as err:
+        config.from_dict(data)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_yaml_roundtrip_and_errors(tmp_path):
+    cfg = config.from_dict({"seed": 3, "pruning": {"scope": "layerwise"}})
+    path = tmp_path / "c.yaml"
+    path.write_text(config.dump(cfg))
+    assert config.load(path) == cfg
+    path.write_text("pruning: {fraction: [\n")
+    with pytest.raises(PrunelensError, match="invalid YAML"):
+        config.load(path)
+    with pytest.raises(PrunelensError, match="config file not found"):
+        config.load(tmp_path / "missing.yaml")
+
+
+def test_with_overrides_revalidates():
+    cfg = config.ExperimentConfig().with_overrides(pruning={"rounds": 8})
+    assert cfg.pruning.rounds == 8 and cfg.pruning.fraction == 0.2
+    with pytest.raises(PrunelensError, match="pruning.rounds"):
+        cfg.with_overrides(pruning={"rounds": -1})
