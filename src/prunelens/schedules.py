@@ -72,6 +72,12 @@ def start_state(ctx: Context, store: RunStore) -> tuple[dict[str, torch.Tensor],
     return state, k
 
 
+def rewind(model: nn.Module, state: dict[str, torch.Tensor], masks: MaskSet) -> None:
+    """Load `state` (parameters and buffers, e.g. BN statistics) and zero the pruned weights."""
+    model.load_state_dict(state)
+    masks.apply(model)
+
+
 def measure(ctx: Context, model: nn.Module, masks: MaskSet) -> dict[str, Any]:
     """Accuracy, loss, densities, non-zeros and effective FLOPs of a trained round."""
     began = time.perf_counter()
@@ -118,7 +124,7 @@ def run_imp(ctx: Context, store: RunStore, on_round: Callable[[dict[str, Any]], 
                 model.load_state_dict(trained)
                 masks = prune(model, masks, cfg.pruning, next(iter(ctx.train_loader.epoch(0))))
             prune_seconds = time.perf_counter() - began
-            model.load_state_dict(trained if cfg.pruning.rewind == "none" and r > 0 else theta_start)
+            rewind(model, trained if cfg.pruning.rewind == "none" and r > 0 else theta_start, masks)
             torch.manual_seed(round_seed(cfg.seed, r))
             first = 0 if cfg.pruning.rewind == "none" else k
             with ctx.reporter.task(f"round {r}/{cfg.pruning.rounds}", total=ctx.total_steps - first) as advance:
