@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 import torch
@@ -53,3 +54,28 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str, str
     if strict and (missing or unexpected):
         what = f"missing keys {missing[:3]}" if missing else f"unexpected keys {unexpected[:3]}"
         raise PrunelensError(f"{source}: does not match the model ({what})")
+
+
+def resolve_options(model: str, options: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """`defaults` overridden by `options`; an unknown key or a value whose type differs from its default's
+    raises a PrunelensError naming `model.options.<key>` (an int is accepted for a float option)."""
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        known = ", ".join(sorted(defaults)) or "none"
+        raise PrunelensError(f"model.options.{unknown[0]}: unknown option for model {model!r} (known: {known})")
+    return {key: _typed(key, options.get(key, default), default) for key, default in defaults.items()}
+
+
+def _typed(key: str, value: Any, default: Any) -> Any:
+    kind = type(default)
+    if kind is float and type(value) is int:
+        return float(value)
+    if type(value) is not kind:
+        raise PrunelensError(f"model.options.{key}: expected {kind.__name__}, got {value!r}")
+    return value
+
+
+def check_min_size(model: str, image_size: tuple[int, int], minimum: int) -> None:
+    """PrunelensError naming `model` and `minimum` if either side of `image_size` is below `minimum` px."""
+    if min(image_size) < minimum:
+        raise PrunelensError(f"model {model!r} needs images of at least {minimum}×{minimum} px, got {image_size[0]}×{image_size[1]}")
