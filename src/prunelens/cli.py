@@ -30,7 +30,7 @@ def print_table(frame: pd.DataFrame, title: str) -> None:
         table.add_column(col, justify="right")
     for row in frame.itertuples(index=False):
         table.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row])
-    Console().print(table)
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
 
 
 def summary_frame(frame: pd.DataFrame) -> pd.DataFrame:

@@ -56,6 +56,7 @@ def open_store(cfg: ExperimentConfig) -> RunStore:
     if store.has("canonical.json") and store.load_json("canonical.json") != cfg.canonical():
         raise PrunelensError(f"{cfg.run_dir}: holds a run of a different config")
     store.lock()
+    store.verify()
     if not store.has("canonical.json"):
         store.save_json("canonical.json", cfg.canonical())
     store.write("config.yaml", config_mod.dump(cfg).encode())
@@ -89,11 +90,5 @@ def run(cfg: ExperimentConfig, quiet: bool = False) -> RunResult:
         ctx = Context(cfg, bundle, model, reporter)
         check_schedule(cfg, model, ctx.total_steps)
         store = open_store(cfg)
-        records: list[dict[str, Any]] = []
-
-        def save_tables(record: dict[str, Any]) -> None:
-            records.append(record)
-            store.save_table("metrics", tidy(records))
-
-        run_imp(ctx, store, on_round=save_tables)
+        records = run_imp(ctx, store, on_round=lambda done: store.save_table("metrics", tidy(done)))
     return RunResult(cfg.run_dir, records)

@@ -52,6 +52,9 @@ class Context:
         self.flops: FlopProfile = profile(self.model, next(iter(self.eval_loaders["val"].epoch()))[0])
 
 
+REWIND_PHASE = 10**6  # pseudo round number of the k dense rewind steps
+
+
 def round_seed(seed: int, r: int) -> int:
     """Seed of the global torch RNG during round `r` (dropout etc.), independent of what ran before."""
     return int(generator(seed, r, 7).initial_seed())
@@ -64,7 +67,7 @@ def start_state(ctx: Context, store: RunStore) -> tuple[dict[str, torch.Tensor],
     if store.has(START):
         return store.load_tensors(START), k
     if k:
-        torch.manual_seed(round_seed(ctx.cfg.seed, -1))
+        torch.manual_seed(round_seed(ctx.cfg.seed, REWIND_PHASE))
         with ctx.reporter.task(f"rewind: {k} dense steps", total=k) as advance:
             train(ctx.model, ctx.train_loader, ctx.cfg.training, None, start_step=0, end_step=k, progress=advance)
     state = {n: t.detach().clone() for n, t in ctx.model.state_dict().items()}
@@ -102,8 +105,9 @@ def measure(ctx: Context, model: nn.Module, masks: MaskSet) -> dict[str, Any]:
     return record
 
 
-def run_imp(ctx: Context, store: RunStore, on_round: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
-    """Run (or resume, or extend) rounds 0…R in `store` and return their records."""
+def run_imp(ctx: Context, store: RunStore, on_round: Callable[[list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]:
+    """Run (or resume, or extend) rounds 0…R in `store` and return their records; `on_round(records so far)`
+    is called after each newly computed round."""
     cfg, model = ctx.cfg, ctx.model
     theta_start, k = start_state(ctx, store)
     done = set(store.rounds_done())
@@ -137,6 +141,6 @@ def run_imp(ctx: Context, store: RunStore, on_round: Callable[[dict[str, Any]], 
             store.save_json(f"{here}/metrics.json", record)
             records.append(record)
             ctx.reporter.log(f"round {r}: density {record['density']:.3f}  test top-1 {record['test_top1']:.3f}")
-        if on_round:
-            on_round(records[-1])
+            if on_round:
+                on_round(records)
     return records

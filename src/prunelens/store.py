@@ -85,6 +85,11 @@ class RunStore:
             raise PrunelensError(f"{path}: checksum mismatch (file corrupted or modified); delete it to recompute")
         return data
 
+    def verify(self) -> None:
+        """Check every file in the manifest against its checksum (before a run resumes and writes anything)."""
+        for rel in self.manifest:
+            self.read(rel)
+
     def save_tensors(self, rel: str, tensors: dict[str, torch.Tensor]) -> None:
         buffer = io.BytesIO()
         torch.save({k: v.detach().cpu() for k, v in tensors.items()}, buffer)

@@ -1,0 +1,21 @@
+"""Datasets: the registry, its containers, and `build_dataset` (importing the loaders registers them)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from prunelens.config import DatasetConfig
+from prunelens.data import csv_pixels, folder, idx, medmnist, shapes  # noqa: F401  (register their datasets)
+from prunelens.data.base import DATASETS, DataBundle, DatasetSplit, TensorSplit
+from prunelens.data.common import limit
+
+__all__ = ["DATASETS", "DataBundle", "DatasetSplit", "TensorSplit", "build_dataset"]
+
+
+def build_dataset(cfg: DatasetConfig, seed: int) -> DataBundle:
+    """The train/val/test bundle of `cfg.name`; `cfg.max_train` keeps a stratified, seeded subset of train
+    (val and test are unaffected)."""
+    bundle = DATASETS.get(cfg.name)(cfg, seed)
+    if cfg.max_train is not None:
+        bundle = replace(bundle, train=limit(bundle.train, cfg.max_train, seed))
+    return bundle
