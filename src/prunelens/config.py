@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from prunelens.errors import PrunelensError
 
@@ -48,12 +48,26 @@ class ModelConfig(_Section):
 
 
 class PruningConfig(_Section):
-    """What is prunable, how weights are scored and selected, and the IMP schedule."""
+    """What is prunable, how weights are scored and selected, and the schedule of pruning rounds.
 
-    method: str = Field("magnitude", description="importance score")
-    scope: Literal["global", "layerwise"] = "global"
+    IMP: `rounds` of `fraction` with `rewind: init|step|pretrained`. One-shot to rate r: `rounds: 1, rate: r`.
+    Iterative to rate r in n steps: `rounds: n, rate: r` (fraction per round 1 − (1 − r)^(1/n)). Prune + fine-tune:
+    `rewind: none`; retraining settings in the experiment's `retraining` section.
+    """
+
+    method: str = Field("magnitude", description="importance score (`prunelens list`)")
+    scope: Literal["global", "layerwise", "uniform_plus", "erk"] = Field(
+        "global", description="one pooled threshold, the same fraction per tensor, uniform with a dense first layer, or ERK densities"
+    )
+    granularity: Literal["unstructured", "filters", "channels"] = Field(
+        "unstructured", description="single weights, whole output filters/rows, or whole input channels/columns (connection sparsity)"
+    )
+    norm: float = Field(1.0, gt=0, description="n of the Ln norm that scores a filter or input channel")
     fraction: OpenUnit = Field(0.2, description="fraction of the *remaining* prunable weights removed per round")
-    rounds: int = Field(5, ge=0, description="IMP rounds after dense training (not part of the run id)")
+    rate: OpenUnit | None = Field(None, description="final pruning rate to reach after `rounds` rounds (sets the per-round fraction)")
+    rounds: int = Field(5, ge=0, description="pruning rounds after dense training (not part of the run id)")
+    score_iterations: int = Field(1, ge=1, description="prune in this many score→select steps per round (SynFlow: 100)")
+    persistent: bool = Field(True, description="keep pruned weights at zero while retraining (False: zero once, seed DEV-S2)")
     prune_classifier: bool = True
     include_bias: bool = False
     include_bn: bool = False
@@ -66,6 +80,18 @@ class PruningConfig(_Section):
     )
     rewind_step: int = Field(0, ge=0)
 
+    @model_validator(mode="after")
+    def _one_rate(self) -> PruningConfig:
+        if self.rate is not None and self.fraction != PruningConfig.model_fields["fraction"].default:
+            raise ValueError("set either pruning.fraction (per round) or pruning.rate (final), not both")
+        return self
+
+    @property
+    def round_fraction(self) -> float:
+        """Fraction of the remaining weights removed per round: `fraction`, or derived from `rate`."""
+        if self.rate is None:
+            return self.fraction
+        return 1 - (1 - self.rate) ** (1 / max(self.rounds, 1))
 
 class TrainingConfig(_Section):
     """Optimiser, learning-rate schedule and length of each round's training."""
@@ -95,11 +121,13 @@ class ExperimentConfig(_Section):
     model: ModelConfig = ModelConfig()
     pruning: PruningConfig = PruningConfig()
     training: TrainingConfig = TrainingConfig()
+    retraining: TrainingConfig | None = Field(None, description="training of pruned rounds (default: the same as `training`)")
 
     def canonical(self) -> dict[str, Any]:
         """Non-default fields that determine results (no name, output dir or round count)."""
         data = self.model_dump(mode="json", exclude_defaults=True, exclude={"name", "output_dir"})
-        data.get("pruning", {}).pop("rounds", None)
+        if self.pruning.rate is None:  # with a final rate, the round count changes every round's fraction
+            data.get("pruning", {}).pop("rounds", None)
         return {k: v for k, v in data.items() if v != {}}
 
     @property
@@ -128,6 +156,8 @@ def _format(err: ValidationError) -> str:
         return f"{loc}: unknown field"
     if first["type"] == "missing":
         return f"{loc}: required field is missing"
+    if isinstance(first["input"], dict):  # a whole-section check
+        return f"{loc}: {msg}"
     more = f" (and {len(err.errors()) - 1} more problem(s))" if len(err.errors()) > 1 else ""
     return f"{loc}: {first['input']!r} {msg}{more}" if msg.startswith("is ") else f"{loc}: {first['input']!r}: {msg}{more}"
 

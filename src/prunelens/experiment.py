@@ -15,12 +15,12 @@ from prunelens.data import build_dataset
 from prunelens.errors import PrunelensError
 from prunelens.models import build_model
 from prunelens.progress import Reporter
-from prunelens.schedules import Context, run_imp
+from prunelens.schedules import Context, run_rounds
 from prunelens.store import RunStore
 from prunelens.train import seed_everything
 
 MODEL_METRICS = (
-    "density", "density_all", "test_top1", "test_top5", "test_loss", "val_top1", "val_top5", "val_loss", "train_loss",
+    "density", "density_actual", "density_all", "test_top1", "test_top5", "test_loss", "val_top1", "val_top5", "val_loss", "train_loss",
     "remaining_params", "nonzero_params", "prunable_params", "total_params", "flops_dense", "flops_effective",
     "train_seconds", "eval_seconds", "prune_seconds",
 )  # fmt: skip
@@ -88,7 +88,7 @@ def run(cfg: ExperimentConfig, quiet: bool = False) -> RunResult:
     model = build_model(cfg.model, bundle.num_classes, bundle.in_channels, bundle.image_size).to(cfg.device)
     with Reporter(quiet) as reporter:
         ctx = Context(cfg, bundle, model, reporter)
-        check_schedule(cfg, model, ctx.total_steps)
+        check_schedule(cfg, model, min(ctx.steps(0), ctx.steps(1)))
         store = open_store(cfg)
-        records = run_imp(ctx, store, on_round=lambda done: store.save_table("metrics", tidy(done)))
+        records = run_rounds(ctx, store, on_round=lambda done: store.save_table("metrics", tidy(done)))
     return RunResult(cfg.run_dir, records)

@@ -1,22 +1,24 @@
-"""Lottery-ticket IMP (METHODS §5.1): dense training, then rounds of prune → rewind → retrain.
+"""Pruning schedules (METHODS §5): dense training, then rounds of prune → rewind → retrain.
 
 Every round restarts from θ_start (init, step k, or pretrained weights) — or, with `rewind: none`, from the
-previous round's trained weights (prune + fine-tune) — with a fresh optimiser and LR schedule. A round is
-resumable as a unit: its record is written last, and everything a round computes depends only on stored
-files and the config, so a killed run resumes to the same masks and metrics.
+previous round's trained weights (prune + fine-tune) — with a fresh optimiser and LR schedule. IMP, one-shot
+(`rounds: 1`) and iterative pruning (`rounds: n`, `rate: r`) are this one loop with different settings.
+
+A round is resumable as a unit: its record is written last, and everything a round computes depends only on
+stored files and the config, so a killed run resumes to the same masks and metrics.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from prunelens.config import ExperimentConfig
+from prunelens.config import ExperimentConfig, TrainingConfig
 from prunelens.data.base import DataBundle
 from prunelens.data.loader import Loader, generator
 from prunelens.flops import FlopProfile, profile
@@ -27,6 +29,7 @@ from prunelens.store import RunStore, round_dir
 from prunelens.train import evaluate, make_loader, train
 
 START = "start.pt"
+REWIND_PHASE = 10**6  # pseudo round number of the k dense rewind steps
 
 
 @dataclass
@@ -37,22 +40,34 @@ class Context:
     bundle: DataBundle
     model: nn.Module
     reporter: Reporter
+    _loaders: dict[int, Loader] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         c, b = self.cfg, self.bundle
-        self.train_loader = make_loader(b, b.train, c.training.batch_size, c.device, train=True, seed=c.seed, augment=c.dataset.augment)
         self.eval_loaders = {
             split: make_loader(b, getattr(b, split), c.training.eval_batch_size, c.device, train=False) for split in ("val", "test")
         }
-        self.total_steps = c.training.epochs * len(self.train_loader)
         p = c.pruning
         self.names = prunable_names(
             self.model, prune_classifier=p.prune_classifier, include_bias=p.include_bias, include_bn=p.include_bn, exclude=p.exclude
         )
         self.flops: FlopProfile = profile(self.model, next(iter(self.eval_loaders["val"].epoch()))[0])
 
+    def training(self, r: int) -> TrainingConfig:
+        """Training settings of round `r`: `retraining` for pruned rounds when given."""
+        return self.cfg.retraining if r > 0 and self.cfg.retraining is not None else self.cfg.training
 
-REWIND_PHASE = 10**6  # pseudo round number of the k dense rewind steps
+    def loader(self, training: TrainingConfig) -> Loader:
+        if training.batch_size not in self._loaders:
+            c, b = self.cfg, self.bundle
+            self._loaders[training.batch_size] = make_loader(
+                b, b.train, training.batch_size, c.device, train=True, seed=c.seed, augment=c.dataset.augment
+            )
+        return self._loaders[training.batch_size]
+
+    def steps(self, r: int) -> int:
+        training = self.training(r)
+        return training.epochs * len(self.loader(training))
 
 
 def round_seed(seed: int, r: int) -> int:
@@ -68,8 +83,9 @@ def start_state(ctx: Context, store: RunStore) -> tuple[dict[str, torch.Tensor],
         return store.load_tensors(START), k
     if k:
         torch.manual_seed(round_seed(ctx.cfg.seed, REWIND_PHASE))
+        training = ctx.training(0)
         with ctx.reporter.task(f"rewind: {k} dense steps", total=k) as advance:
-            train(ctx.model, ctx.train_loader, ctx.cfg.training, None, start_step=0, end_step=k, progress=advance)
+            train(ctx.model, ctx.loader(training), training, None, start_step=0, end_step=k, progress=advance)
     state = {n: t.detach().clone() for n, t in ctx.model.state_dict().items()}
     store.save_tensors(START, state)
     return state, k
@@ -82,20 +98,22 @@ def rewind(model: nn.Module, state: dict[str, torch.Tensor], masks: MaskSet) -> 
 
 
 def measure(ctx: Context, model: nn.Module, masks: MaskSet) -> dict[str, Any]:
-    """Accuracy, loss, densities, non-zeros and effective FLOPs of a trained round."""
+    """Accuracy, loss, densities (nominal from the masks, actual from the weights), parameters, effective FLOPs."""
     began = time.perf_counter()
     record: dict[str, Any] = {}
     for split, loader in ctx.eval_loaders.items():
         record.update({f"{split}_{k}": v for k, v in evaluate(model, loader).items()})
-    params = list(model.parameters())
-    total = sum(p.numel() for p in params)
+    params = dict(model.named_parameters())
+    total = sum(p.numel() for p in params.values())
     unmasked = total - masks.total()
+    nonzero_prunable = sum(int(params[n].count_nonzero()) for n in masks)
     record.update(
         density=masks.density(),
+        density_actual=nonzero_prunable / max(masks.total(), 1),
         density_all=(masks.alive() + unmasked) / total,
         prunable_params=masks.total(),
         remaining_params=masks.alive(),
-        nonzero_params=int(sum(int(p.count_nonzero()) for p in params)),
+        nonzero_params=int(sum(int(p.count_nonzero()) for p in params.values())),
         total_params=total,
         flops_dense=ctx.flops.total,
         flops_effective=ctx.flops.effective(masks),
@@ -105,7 +123,20 @@ def measure(ctx: Context, model: nn.Module, masks: MaskSet) -> dict[str, Any]:
     return record
 
 
-def run_imp(ctx: Context, store: RunStore, on_round: Callable[[list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]:
+def train_round(ctx: Context, r: int, masks: MaskSet, start: int) -> dict[str, float]:
+    """Train round `r` from global step `start` with a fresh optimiser, enforcing `masks` if persistent."""
+    training = ctx.training(r)
+    torch.manual_seed(round_seed(ctx.cfg.seed, r))
+    end = ctx.steps(r)
+    with ctx.reporter.task(f"round {r}/{ctx.cfg.pruning.rounds}", total=max(end - start, 0)) as advance:
+        enforced = masks if ctx.cfg.pruning.persistent else None
+        fit = train(ctx.model, ctx.loader(training), training, enforced, start_step=start, end_step=end, progress=advance)
+    if ctx.cfg.pruning.persistent:
+        masks.check_zero(ctx.model)
+    return fit
+
+
+def run_rounds(ctx: Context, store: RunStore, on_round: Callable[[list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]:
     """Run (or resume, or extend) rounds 0…R in `store` and return their records; `on_round(records so far)`
     is called after each newly computed round."""
     cfg, model = ctx.cfg, ctx.model
@@ -120,27 +151,24 @@ def run_imp(ctx: Context, store: RunStore, on_round: Callable[[list[dict[str, An
             trained = store.load_tensors(f"{here}/weights.pt")
             records.append(store.load_json(f"{here}/metrics.json"))
             ctx.reporter.log(f"round {r}: finished earlier, skipped")
+            continue
+        began = time.perf_counter()
+        if r == 0:
+            masks = MaskSet.ones(model, ctx.names)
         else:
-            began = time.perf_counter()
-            if r == 0:
-                masks = MaskSet.ones(model, ctx.names)
-            else:
-                model.load_state_dict(trained)
-                masks = prune(model, masks, cfg.pruning, next(iter(ctx.train_loader.epoch(0))))
-            prune_seconds = time.perf_counter() - began
-            rewind(model, trained if cfg.pruning.rewind == "none" and r > 0 else theta_start, masks)
-            torch.manual_seed(round_seed(cfg.seed, r))
-            first = 0 if cfg.pruning.rewind == "none" else k
-            with ctx.reporter.task(f"round {r}/{cfg.pruning.rounds}", total=ctx.total_steps - first) as advance:
-                fit = train(model, ctx.train_loader, cfg.training, masks, start_step=first, end_step=ctx.total_steps, progress=advance)
-            masks.check_zero(model)
-            record = {"round": r, **measure(ctx, model, masks), **fit, "prune_seconds": prune_seconds}
-            trained = {n: t.detach().clone() for n, t in model.state_dict().items()}
-            store.save_tensors(f"{here}/masks.pt", masks.state_dict())
-            store.save_tensors(f"{here}/weights.pt", trained)
-            store.save_json(f"{here}/metrics.json", record)
-            records.append(record)
-            ctx.reporter.log(f"round {r}: density {record['density']:.3f}  test top-1 {record['test_top1']:.3f}")
-            if on_round:
-                on_round(records)
+            model.load_state_dict(trained)
+            masks = prune(model, masks, cfg.pruning, next(iter(ctx.loader(ctx.training(r)).epoch(0))))
+        prune_seconds = time.perf_counter() - began
+        fine_tune = cfg.pruning.rewind == "none" and r > 0
+        rewind(model, trained if fine_tune else theta_start, masks)
+        fit = train_round(ctx, r, masks, start=0 if fine_tune else k)
+        record = {"round": r, **measure(ctx, model, masks), **fit, "prune_seconds": prune_seconds}
+        trained = {n: t.detach().clone() for n, t in model.state_dict().items()}
+        store.save_tensors(f"{here}/masks.pt", masks.state_dict())
+        store.save_tensors(f"{here}/weights.pt", trained)
+        store.save_json(f"{here}/metrics.json", record)
+        records.append(record)
+        ctx.reporter.log(f"round {r}: density {record['density']:.3f}  test top-1 {record['test_top1']:.3f}")
+        if on_round:
+            on_round(records)
     return records

@@ -16,6 +16,6 @@ __all__ = ["SCORES", "ScoreContext", "prune", "select"]
 def prune(
     model: nn.Module, masks: MaskSet, cfg: PruningConfig, batch: tuple[torch.Tensor, torch.Tensor] | None = None
 ) -> MaskSet:
-    """One pruning step: score `model`'s weights with `cfg.method`, remove `cfg.fraction` of the alive ones."""
+    """One pruning round: score `model`'s weights with `cfg.method`, remove `cfg.round_fraction` of the alive ones."""
     scores = SCORES.get(cfg.method)(ScoreContext(model, masks, batch))
-    return select(scores, masks, cfg.fraction, cfg.scope, cfg.layer_fractions)
+    return select(scores, masks, cfg.round_fraction, cfg.scope, cfg.layer_fractions)
