@@ -56,10 +56,11 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 def cmd_list(args: argparse.Namespace) -> None:
     from prunelens.data import DATASETS
+    from prunelens.lenses import LENSES
     from prunelens.models import MODELS
     from prunelens.pruning import SCORES
 
-    for title, registry in (("datasets", DATASETS), ("models", MODELS), ("pruning methods", SCORES)):
+    for title, registry in (("datasets", DATASETS), ("models", MODELS), ("pruning methods", SCORES), ("lenses", LENSES)):
         print(f"{title}: {', '.join(registry.names())}")
 
 
@@ -83,6 +84,16 @@ def cmd_show(args: argparse.Namespace) -> None:
     print_table(summary_frame(frame), str(run_dir))
 
 
+def cmd_analyze(args: argparse.Namespace) -> None:
+    from prunelens.experiment import analyze_run
+
+    run_dir = resolve_run(args.run, Path(args.output_dir or "runs"))
+    lenses = [name.strip() for name in args.explain.split(",") if name.strip()] if args.explain else None
+    tables = analyze_run(run_dir, lenses, quiet=args.quiet, force=args.force)
+    for name, table in tables.items():
+        print(f"{name}: {len(table)} records -> {run_dir / f'lens_{name}.csv'}")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="prunelens", description="Pruning × explanations, end to end.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -93,7 +104,14 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--device", help="override device (cpu, cuda, cuda:1, ...)")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bars or per-round messages")
     run.set_defaults(func=cmd_run)
-    sub.add_parser("list", help="datasets, models and pruning methods").set_defaults(func=cmd_list)
+    analyze = sub.add_parser("analyze", help="run explanation lenses on a finished run (no retraining)")
+    analyze.add_argument("run", help="run directory, its name, or a prefix of its hash")
+    analyze.add_argument("--explain", help="comma-separated lenses (default: the run config's `lenses`)")
+    analyze.add_argument("--force", action="store_true", help="recompute cached lens results")
+    analyze.add_argument("--output-dir", help="where to look for RUN (default: runs)")
+    analyze.add_argument("-q", "--quiet", action="store_true")
+    analyze.set_defaults(func=cmd_analyze)
+    sub.add_parser("list", help="datasets, models, pruning methods and lenses").set_defaults(func=cmd_list)
     show = sub.add_parser("show", help="per-round table of a run")
     show.add_argument("run", help="run directory, its name, or a prefix of its hash")
     show.add_argument("--output-dir", help="where to look for RUN (default: runs)")

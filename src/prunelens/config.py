@@ -110,6 +110,18 @@ class TrainingConfig(_Section):
     warmup_steps: int = Field(0, ge=0, description="linear LR warm-up from 0")
 
 
+class LensConfig(_Section):
+    """An explanation lens to run on every round; a bare string in YAML means `{name: <string>}`."""
+
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, data: Any) -> Any:
+        return {"name": data} if isinstance(data, str) else data
+
+
 class ExperimentConfig(_Section):
     """A whole experiment; its `run_id` names the run directory."""
 
@@ -122,10 +134,12 @@ class ExperimentConfig(_Section):
     pruning: PruningConfig = PruningConfig()
     training: TrainingConfig = TrainingConfig()
     retraining: TrainingConfig | None = Field(None, description="training of pruned rounds (default: the same as `training`)")
+    lenses: list[LensConfig] = Field(default_factory=list, description="explanation lenses run on every round (not part of the run id)")
+    lens_images: int = Field(64, gt=0, description="size of the fixed evaluation batch the lenses explain (first N test images)")
 
     def canonical(self) -> dict[str, Any]:
-        """Non-default fields that determine results (no name, output dir or round count)."""
-        data = self.model_dump(mode="json", exclude_defaults=True, exclude={"name", "output_dir"})
+        """Non-default fields that determine training results (no name, output dir, lenses or round count)."""
+        data = self.model_dump(mode="json", exclude_defaults=True, exclude={"name", "output_dir", "lenses", "lens_images"})
         if self.pruning.rate is None:  # with a final rate, the round count changes every round's fraction
             data.get("pruning", {}).pop("rounds", None)
         return {k: v for k, v in data.items() if v != {}}

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
+from torch import nn
 
 from prunelens import config as config_mod
 from prunelens.config import ExperimentConfig
-from prunelens.data import build_dataset
+from prunelens.analyze import analyze
+from prunelens.data import DataBundle, build_dataset
 from prunelens.errors import PrunelensError
+from prunelens.lenses import LENSES
 from prunelens.models import build_model
 from prunelens.progress import Reporter
 from prunelens.schedules import Context, run_rounds
@@ -50,8 +54,8 @@ def tidy(records: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["round", "metric", "layer", "value"])
 
 
-def open_store(cfg: ExperimentConfig) -> RunStore:
-    """The run's store, locked; writes the config on first use and refuses a directory holding another config."""
+def open_store(cfg: ExperimentConfig, write_config: bool = True) -> RunStore:
+    """The run's store, locked and verified; refuses a directory holding another config."""
     store = RunStore(cfg.run_dir)
     if store.has("canonical.json") and store.load_json("canonical.json") != cfg.canonical():
         raise PrunelensError(f"{cfg.run_dir}: holds a run of a different config")
@@ -59,7 +63,8 @@ def open_store(cfg: ExperimentConfig) -> RunStore:
     store.verify()
     if not store.has("canonical.json"):
         store.save_json("canonical.json", cfg.canonical())
-    store.write("config.yaml", config_mod.dump(cfg).encode())
+    if write_config:
+        store.write("config.yaml", config_mod.dump(cfg).encode())
     return store
 
 
@@ -80,15 +85,51 @@ def check_schedule(cfg: ExperimentConfig, model: Any, steps: int) -> None:
         raise PrunelensError(f"pruning.rewind: 'pretrained' needs model.weights (model {cfg.model.name!r} has no built-in weights)")
 
 
-def run(cfg: ExperimentConfig, quiet: bool = False) -> RunResult:
-    """Run, resume or extend the experiment `cfg`; every input is checked before the run directory is touched."""
+def prepare(cfg: ExperimentConfig) -> tuple[DataBundle, Callable[[], nn.Module]]:
+    """Load the data and return it with a model builder (architecture only; weights as the factory sets them)."""
     check_device(cfg.device)
+    for spec in cfg.lenses:
+        LENSES.get(spec.name)
     bundle = build_dataset(cfg.dataset, cfg.seed)
+
+    def build() -> nn.Module:
+        return build_model(cfg.model, bundle.num_classes, bundle.in_channels, bundle.image_size).to(cfg.device)
+
+    return bundle, build
+
+
+def run(cfg: ExperimentConfig, quiet: bool = False) -> RunResult:
+    """Run, resume or extend the experiment `cfg`, then its lenses; every input is checked before the run
+    directory is touched."""
+    bundle, build = prepare(cfg)
     seed_everything(cfg.seed)
-    model = build_model(cfg.model, bundle.num_classes, bundle.in_channels, bundle.image_size).to(cfg.device)
+    model = build()
     with Reporter(quiet) as reporter:
         ctx = Context(cfg, bundle, model, reporter)
         check_schedule(cfg, model, min(ctx.steps(0), ctx.steps(1)))
         store = open_store(cfg)
         records = run_rounds(ctx, store, on_round=lambda done: store.save_table("metrics", tidy(done)))
+        if cfg.lenses:
+            analyze(cfg, store, bundle, build, reporter)
     return RunResult(cfg.run_dir, records)
+
+
+def load_run_config(run_dir: Path) -> ExperimentConfig:
+    """The config a run was made with, pointed at where the run directory is now."""
+    cfg = config_mod.load(Path(run_dir) / "config.yaml")
+    return cfg.with_overrides(output_dir=str(Path(run_dir).parent))
+
+
+def analyze_run(run_dir: Path, lenses: list[str] | None = None, quiet: bool = False, force: bool = False) -> dict[str, pd.DataFrame]:
+    """Run lenses (default: the config's) on a finished run without retraining."""
+    if not (Path(run_dir) / "manifest.json").is_file():
+        raise PrunelensError(f"{run_dir}: not a prunelens run directory")
+    cfg = load_run_config(run_dir)
+    if lenses:
+        cfg = cfg.with_overrides(lenses=lenses)
+    if not cfg.lenses:
+        raise PrunelensError(f"{run_dir}: no lenses to run (pass --explain NAME[,NAME])")
+    bundle, build = prepare(cfg)
+    with Reporter(quiet) as reporter:
+        store = open_store(cfg, write_config=False)
+        return analyze(cfg, store, bundle, build, reporter, force=force)
