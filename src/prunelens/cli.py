@@ -7,6 +7,7 @@ import io
 import sys
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from rich.console import Console
@@ -41,15 +42,27 @@ def summary_frame(frame: pd.DataFrame) -> pd.DataFrame:
     return wide[cols].reset_index()
 
 
+def overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Config overrides given on the command line."""
+    out: dict[str, Any] = {k: v for k, v in {"output_dir": args.output_dir, "device": args.device}.items() if v is not None}
+    if args.rounds is not None:
+        out["pruning"] = {"rounds": args.rounds}
+    return out
+
+
 def cmd_run(args: argparse.Namespace) -> None:
     from prunelens.experiment import run
+    from prunelens.sweep import Sweep, load, run_sweep
 
-    cfg = config_mod.load(args.config) if args.config else quickstart_config()
-    overrides = {k: v for k, v in {"output_dir": args.output_dir, "device": args.device}.items() if v is not None}
-    if args.rounds is not None:
-        overrides["pruning"] = {"rounds": args.rounds}
-    if overrides:
-        cfg = cfg.with_overrides(**overrides)
+    loaded = load(args.config) if args.config else quickstart_config()
+    changes = overrides(args)
+    if isinstance(loaded, Sweep):
+        for point in loaded.points:
+            point.cfg = point.cfg.with_overrides(**changes) if changes else point.cfg
+        table = run_sweep(loaded, quiet=args.quiet)
+        print_table(table, f"sweep {loaded.name}: {len(loaded.points)} runs ({loaded.out_dir / 'summary.csv'})")
+        return
+    cfg = loaded.with_overrides(**changes) if changes else loaded
     result = run(cfg, quiet=args.quiet)
     print_table(summary_frame(result.table), f"{cfg.name}: accuracy vs density ({result.run_dir})")
 

@@ -186,18 +186,22 @@ def from_dict(data: dict[str, Any], source: str = "config") -> ExperimentConfig:
         raise PrunelensError(f"{source}: {_format(err)}") from None
 
 
-def load(path: str | Path) -> ExperimentConfig:
-    """Read and validate a YAML config file (`yaml.safe_load`)."""
+def read_yaml(path: str | Path) -> Any:
+    """Parse a YAML file with `yaml.safe_load`; a missing file or bad syntax is a one-line error."""
     path = Path(path)
     if not path.is_file():
         raise PrunelensError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise PrunelensError(f"{path}:{where} invalid YAML ({getattr(err, 'problem', err)})") from None
-    return from_dict(data, source=str(path))
+
+
+def load(path: str | Path) -> ExperimentConfig:
+    """Read and validate a single-experiment YAML config file."""
+    return from_dict(read_yaml(path), source=str(path))
 
 
 def dump(cfg: ExperimentConfig) -> str:

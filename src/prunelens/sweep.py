@@ -1,0 +1,119 @@
+"""Sweeps: one YAML file describing several runs.
+
+A config may carry a `sweep` section next to the usual fields (which form the base experiment):
+
+    sweep:
+      variants:                  # optional: a list of whole-section replacements, one group of runs each
+        - {dataset: {name: mnist5k}, model: {name: lenet_300_100}}
+        - {model: {name: conv2}}
+      grid:                      # optional: dotted field → values; every combination is run
+        pruning.method: [magnitude, l1, l2]
+      compare: true              # ticket overlap across the grid runs of each variant
+
+Every point is an ordinary run (its own hash-named directory, resumable); the sweep writes a combined
+per-round summary under `<output_dir>/sweeps/<name>/`.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from prunelens import config as config_mod
+from prunelens.config import ExperimentConfig
+from prunelens.errors import PrunelensError
+from prunelens.store import atomic_write
+
+
+@dataclass
+class Point:
+    """One run of a sweep: its config, its variant index and the grid values that define it."""
+
+    cfg: ExperimentConfig
+    variant: int
+    labels: dict[str, Any]
+
+
+@dataclass
+class Sweep:
+    name: str
+    points: list[Point]
+    compare: bool
+
+    @property
+    def out_dir(self) -> Path:
+        return self.points[0].cfg.output_dir / "sweeps" / self.name
+
+
+def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = data
+    for key in parents:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise PrunelensError(f"sweep.grid: {dotted!r} does not name a config field")
+    node[leaf] = value
+
+
+def expand(data: dict[str, Any], source: str = "config") -> Sweep:
+    """The runs of a config with a `sweep` section (validating every point)."""
+    spec = data.pop("sweep")
+    if not isinstance(spec, dict) or set(spec) - {"variants", "grid", "compare"}:
+        raise PrunelensError(f"{source}: sweep: expected a mapping with variants, grid and/or compare")
+    variants = spec.get("variants") or [{}]
+    grid = spec.get("grid") or {}
+    if not isinstance(variants, list) or not all(isinstance(v, dict) for v in variants):
+        raise PrunelensError(f"{source}: sweep.variants: expected a list of mappings")
+    if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
+        raise PrunelensError(f"{source}: sweep.grid: expected a mapping of field → non-empty list of values")
+    points = []
+    for v, variant in enumerate(variants):
+        for values in itertools.product(*grid.values()):
+            point = copy.deepcopy({**data, **variant})
+            labels = dict(zip(grid, values))
+            for dotted, value in labels.items():
+                _set(point, dotted, value)
+            points.append(Point(config_mod.from_dict(point, source=f"{source} (variant {v}, {labels})"), v, labels))
+    return Sweep(points[0].cfg.name, points, bool(spec.get("compare", False)))
+
+
+def load(path: str | Path) -> Sweep | ExperimentConfig:
+    """A config file: a single experiment, or a sweep when it has a `sweep` section."""
+    data = config_mod.read_yaml(path)
+    if isinstance(data, dict) and "sweep" in data:
+        return expand(data, str(path))
+    return config_mod.from_dict(data, source=str(path))
+
+
+def run_sweep(sweep: Sweep, quiet: bool = False) -> pd.DataFrame:
+    """Run every point (resuming finished ones) and write the combined per-round summary table."""
+    from prunelens.experiment import run
+
+    frames = []
+    for i, point in enumerate(sweep.points, 1):
+        if not quiet:
+            print(f"[{i}/{len(sweep.points)}] {sweep.name} variant {point.variant} {point.labels}")
+        summary = run(point.cfg, quiet=quiet).summary()
+        frames.append(summary.assign(variant=point.variant, run=point.cfg.run_dir.name, **point.labels))
+    table = pd.concat(frames, ignore_index=True)
+    atomic_write(sweep.out_dir / "summary.csv", table.to_csv(index=False).encode())
+    if sweep.compare:
+        compare_variants(sweep)
+    return table
+
+
+def compare_variants(sweep: Sweep) -> None:
+    """Ticket overlap across the grid runs of each variant, as `overlap_variant<k>.csv`."""
+    from prunelens.lenses.tickets import compare_runs
+
+    for v in sorted({p.variant for p in sweep.points}):
+        dirs = [p.cfg.run_dir for p in sweep.points if p.variant == v]
+        if len(dirs) > 1:
+            for name, frame in compare_runs(dirs).items():
+                atomic_write(sweep.out_dir / f"{name}_variant{v}.csv", frame.to_csv(index=False).encode())
