@@ -57,3 +57,23 @@ def test_with_overrides_revalidates():
     assert cfg.pruning.rounds == 8 and cfg.pruning.fraction == 0.2
     with pytest.raises(PrunelensError, match="pruning.rounds"):
         cfg.with_overrides(pruning={"rounds": -1})
+
+
+def test_retraining_inherits_training_fields():
+    cfg = config.from_dict({"training": {"lr": 0.3, "epochs": 9, "optimizer": "adam"}, "retraining": {"epochs": 2}})
+    assert (cfg.retraining.lr, cfg.retraining.optimizer, cfg.retraining.epochs) == (0.3, "adam", 2)
+    assert config.from_dict({}).retraining is None
+
+
+def test_rate_sets_round_fraction_and_keeps_rounds_in_hash():
+    one = config.from_dict({"pruning": {"rate": 0.75, "rounds": 2}})
+    assert one.pruning.round_fraction == pytest.approx(0.5)
+    assert one.run_id != config.from_dict({"pruning": {"rate": 0.75, "rounds": 1}}).run_id
+    with pytest.raises(PrunelensError, match="either pruning.fraction"):
+        config.from_dict({"pruning": {"rate": 0.5, "fraction": 0.3}})
+
+
+def test_lenses_accept_names_and_stay_out_of_the_hash():
+    cfg = config.from_dict({"lenses": ["gradcam", {"name": "x", "options": {"k": 1}}]})
+    assert [lens.name for lens in cfg.lenses] == ["gradcam", "x"]
+    assert cfg.run_id == config.ExperimentConfig().run_id

@@ -133,9 +133,18 @@ class ExperimentConfig(_Section):
     model: ModelConfig = ModelConfig()
     pruning: PruningConfig = PruningConfig()
     training: TrainingConfig = TrainingConfig()
-    retraining: TrainingConfig | None = Field(None, description="training of pruned rounds (default: the same as `training`)")
+    retraining: TrainingConfig | None = Field(
+        None, description="training of pruned rounds; fields not given are taken from `training` (default: same as `training`)"
+    )
     lenses: list[LensConfig] = Field(default_factory=list, description="explanation lenses run on every round (not part of the run id)")
     lens_images: int = Field(64, gt=0, description="size of the fixed evaluation batch the lenses explain (first N test images)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _inherit_retraining(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("retraining"), dict) and isinstance(data.get("training", {}), dict):
+            data = {**data, "retraining": {**data.get("training", {}), **data["retraining"]}}
+        return data
 
     def canonical(self) -> dict[str, Any]:
         """Non-default fields that determine training results (no name, output dir, lenses or round count)."""
