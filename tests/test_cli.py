@@ -173,3 +173,18 @@ def test_sigkill_resume_matches_uninterrupted(tmp_path):
     ours = torch.load(rd / "rounds/003/weights.pt", weights_only=True)
     theirs = torch.load(reference.run_dir / "rounds/003/weights.pt", weights_only=True)
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
+def test_compare_command(tmp_path, capsys):
+    from conftest import tiny_config
+
+    dirs = []
+    for scope in ("global", "layerwise"):
+        cfg = tiny_config(tmp_path, pruning={"rounds": 1, "scope": scope})
+        assert main(["run", str(write_config(tmp_path / f"{scope}.yaml", cfg)), "-q"]) == 0
+        dirs.append(str(cfg.run_dir))
+    out = tmp_path / "cmp"
+    assert main(["compare", *dirs, "--out", str(out)]) == 0
+    assert {"overlap.csv", "jaccard.csv", "stability.csv", "collapse.csv", "layer_density.png"} <= {p.name for p in out.iterdir()}
+    assert "frac_kept" in capsys.readouterr().out
+    assert main(["compare", dirs[0]]) == 2

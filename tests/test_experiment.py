@@ -90,3 +90,9 @@ def test_rewind_modes_run(tiny, mode):
     differs = any(not torch.equal(start[k], init[k]) for k in start)
     assert differs == (mode == "step")  # θ_k after 3 dense steps differs from θ_0
     assert result.records[1]["density"] == pytest.approx(0.7, abs=2e-3)
+
+
+def test_layer_collapse_is_flagged(tiny):
+    result = run(tiny(pruning={"layer_fractions": {"fc.weight": 0.99}, "rounds": 2}), quiet=True)
+    flags = [(rec["collapsed"], rec["empty_layers"]) for rec in result.records]
+    assert flags[0] == (False, []) and flags[2] == (True, ["fc.weight"])

@@ -26,7 +26,7 @@ def write(tmp_path, sweep, **base):
 
 
 def test_expand_grid_and_variants(tmp_path):
-    sweep = load(write(tmp_path, {"variants": [{}, {"model": {"name": "lenet_300_100"}}], "grid": {"pruning.scope": ["global", "layerwise"], "seed": [0, 1]}}))
+    sweep = load(write(tmp_path, {"variants": [{}, {"model": {"name": "lenet_300_100", "options": {}}}], "grid": {"pruning.scope": ["global", "layerwise"], "seed": [0, 1]}}))
     assert isinstance(sweep, Sweep) and len(sweep.points) == 8
     assert {p.cfg.model.name for p in sweep.points} == {"conv2", "lenet_300_100"}
     assert all(p.cfg.model.options == {} for p in sweep.points if p.cfg.model.name == "lenet_300_100")

@@ -107,6 +107,23 @@ def cmd_analyze(args: argparse.Namespace) -> None:
         print(f"{name}: {len(table)} records -> {run_dir / f'lens_{name}.csv'}")
 
 
+def cmd_compare(args: argparse.Namespace) -> None:
+    from prunelens.lenses.tickets import compare_runs, plot_layer_density
+    from prunelens.store import atomic_write
+
+    runs_root = Path(args.output_dir or "runs")
+    run_dirs = [resolve_run(name, runs_root) for name in args.runs]
+    if len(run_dirs) < 2:
+        raise PrunelensError("compare: give at least two runs")
+    tables = compare_runs(run_dirs, args.round)
+    out = Path(args.out) if args.out else runs_root / "compare" / "+".join(sorted(d.name for d in run_dirs))
+    for name, table in tables.items():
+        atomic_write(out / f"{name}.csv", table.to_csv(index=False).encode())
+    plot_layer_density(tables["density"], out / "layer_density.png")
+    overall = tables["overlap"][tables["overlap"]["layer"] == "all"]
+    print_table(overall, f"ticket overlap ({out})")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="prunelens", description="Pruning × explanations, end to end.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -124,6 +141,12 @@ def parser() -> argparse.ArgumentParser:
     analyze.add_argument("--output-dir", help="where to look for RUN (default: runs)")
     analyze.add_argument("-q", "--quiet", action="store_true")
     analyze.set_defaults(func=cmd_analyze)
+    compare = sub.add_parser("compare", help="overlap, stability and collapse of the tickets of several runs")
+    compare.add_argument("runs", nargs="+", help="run directories, names, or hash prefixes")
+    compare.add_argument("--round", type=int, help="round to compare (default: the last round all runs finished)")
+    compare.add_argument("--out", help="directory for the tables and plot (default: runs/compare/<runs>)")
+    compare.add_argument("--output-dir", help="where to look for RUNs (default: runs)")
+    compare.set_defaults(func=cmd_compare)
     sub.add_parser("list", help="datasets, models, pruning methods and lenses").set_defaults(func=cmd_list)
     show = sub.add_parser("show", help="per-round table of a run")
     show.add_argument("run", help="run directory, its name, or a prefix of its hash")

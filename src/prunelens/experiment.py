@@ -26,7 +26,7 @@ from prunelens.train import seed_everything
 MODEL_METRICS = (
     "density", "density_actual", "density_all", "test_top1", "test_top5", "test_loss", "val_top1", "val_top5", "val_loss", "train_loss",
     "remaining_params", "nonzero_params", "prunable_params", "total_params", "flops_dense", "flops_effective",
-    "train_seconds", "eval_seconds", "prune_seconds",
+    "train_seconds", "eval_seconds", "prune_seconds", "collapsed",
 )  # fmt: skip
 
 

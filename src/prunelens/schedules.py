@@ -25,6 +25,7 @@ from prunelens.flops import FlopProfile, profile
 from prunelens.masks import MaskSet, prunable_names
 from prunelens.progress import Reporter
 from prunelens.pruning import prune
+from prunelens.pruning.collapse import collapse_report
 from prunelens.store import RunStore, round_dir
 from prunelens.train import evaluate, make_loader, train
 
@@ -51,7 +52,9 @@ class Context:
         self.names = prunable_names(
             self.model, prune_classifier=p.prune_classifier, include_bias=p.include_bias, include_bn=p.include_bn, exclude=p.exclude
         )
-        self.flops: FlopProfile = profile(self.model, next(iter(self.eval_loaders["val"].epoch()))[0])
+        example = next(iter(self.eval_loaders["val"].epoch()))[0]
+        self.input_shape = tuple(example.shape[1:])
+        self.flops: FlopProfile = profile(self.model, example)
 
     def training(self, r: int) -> TrainingConfig:
         """Training settings of round `r`: `retraining` for pruned rounds when given."""
@@ -98,7 +101,8 @@ def rewind(model: nn.Module, state: dict[str, torch.Tensor], masks: MaskSet) -> 
 
 
 def measure(ctx: Context, model: nn.Module, masks: MaskSet) -> dict[str, Any]:
-    """Accuracy, loss, densities (nominal from the masks, actual from the weights), parameters, effective FLOPs."""
+    """Accuracy, loss, densities (nominal from the masks, actual from the weights), parameters, effective FLOPs,
+    and layer collapse (an emptied layer, or no input→output path)."""
     began = time.perf_counter()
     record: dict[str, Any] = {}
     for split, loader in ctx.eval_loaders.items():
@@ -117,6 +121,7 @@ def measure(ctx: Context, model: nn.Module, masks: MaskSet) -> dict[str, Any]:
         total_params=total,
         flops_dense=ctx.flops.total,
         flops_effective=ctx.flops.effective(masks),
+        **collapse_report(model, masks, ctx.input_shape),
         eval_seconds=time.perf_counter() - began,
         layers=masks.layer_density(),
     )

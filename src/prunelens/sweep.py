@@ -3,8 +3,8 @@
 A config may carry a `sweep` section next to the usual fields (which form the base experiment):
 
     sweep:
-      variants:                  # optional: a list of whole-section replacements, one group of runs each
-        - {dataset: {name: mnist5k}, model: {name: lenet_300_100}}
+      variants:                  # optional: section updates (key by key), one group of runs each
+        - {dataset: {name: mnist5k}, model: {name: lenet_300_100, options: {}}}
         - {model: {name: conv2}}
       grid:                      # optional: dotted field → values; every combination is run
         pruning.method: [magnitude, l1, l2]
@@ -61,6 +61,14 @@ def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
+def _overlay(base: dict[str, Any], variant: dict[str, Any]) -> dict[str, Any]:
+    """`base` with each section updated key by key from `variant` (a key's value is replaced whole)."""
+    out = dict(base)
+    for key, value in variant.items():
+        out[key] = {**base[key], **value} if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return out
+
+
 def expand(data: dict[str, Any], source: str = "config") -> Sweep:
     """The runs of a config with a `sweep` section (validating every point)."""
     spec = data.pop("sweep")
@@ -75,7 +83,7 @@ def expand(data: dict[str, Any], source: str = "config") -> Sweep:
     points = []
     for v, variant in enumerate(variants):
         for values in itertools.product(*grid.values()):
-            point = copy.deepcopy({**data, **variant})
+            point = copy.deepcopy(_overlay(data, variant))
             labels = dict(zip(grid, values))
             for dotted, value in labels.items():
                 _set(point, dotted, value)
