@@ -23,3 +23,11 @@ def tiny_config(tmp_path, **sections) -> config.ExperimentConfig:
 @pytest.fixture
 def tiny(tmp_path):
     return lambda **sections: tiny_config(tmp_path, **sections)
+
+
+def exact_ceil(fraction: float, n: int) -> int:
+    """⌈fraction · n⌉ in exact rational arithmetic (the count a pruning step must remove)."""
+    import math
+    from fractions import Fraction
+
+    return math.ceil(Fraction(str(fraction)) * n)

@@ -15,6 +15,7 @@ import torch
 import yaml
 
 from prunelens.cli import main
+from prunelens.store import RunStore
 from test_experiment import assert_same, outcome
 
 
@@ -82,6 +83,7 @@ CASES = {
     "pretrained without weights": ({"pruning__rewind": "pretrained"}, "pruning.rewind"),
     "unavailable device": ({"device": "cuda:7"}, "device"),
     "bad exclude pattern": ({"pruning__exclude": ["nope.*"]}, "pruning.exclude"),
+    "method unavailable for granularity": ({"pruning__granularity": "filters", "pruning__method": "lamp"}, "granularity 'filters'"),
     "negative seed": ({"seed": -4}, "seed: -4"),
 }
 
@@ -188,3 +190,24 @@ def test_compare_command(tmp_path, capsys):
     assert {"overlap.csv", "jaccard.csv", "stability.csv", "collapse.csv", "layer_density.png"} <= {p.name for p in out.iterdir()}
     assert "frac_kept" in capsys.readouterr().out
     assert main(["compare", dirs[0]]) == 2
+
+
+def test_shrink_command_exports_equal_smaller_model(tmp_path, capsys):
+    from conftest import tiny_config
+
+    cfg = tiny_config(
+        tmp_path,
+        model={"name": "cifar_resnet", "options": {"depth": 8, "width": 4}},
+        pruning={"granularity": "filters", "rounds": 1, "fraction": 0.5, "prune_classifier": False},
+    )
+    assert main(["run", str(write_config(tmp_path / "s.yaml", cfg)), "-q"]) == 0
+    assert main(["shrink", str(cfg.run_dir), "--batch", "8", "--repeats", "2"]) == 0
+    assert "speed-up" in capsys.readouterr().out
+    report = RunStore(cfg.run_dir).load_json("rounds/001/shrink.json")
+    assert report["shrunk"]["params"] < report["masked"]["params"]
+    program = torch.export.load(cfg.run_dir / "rounds/001/shrunk.pt2")
+    from prunelens.lenses.tickets import load_round_model
+
+    model, _ = load_round_model(cfg.run_dir, 1)
+    x = torch.randn(4, 3, 16, 16)
+    assert torch.allclose(program.module()(x), model(x), atol=1e-5)

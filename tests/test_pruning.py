@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from conftest import exact_ceil
 from torch import nn
 from torch.nn.utils import prune as tprune
 
@@ -56,7 +57,7 @@ def test_layerwise_matches_torch_l1_unstructured():
     ref = tiny()
     for name in names:
         module = ref.get_submodule(name.rsplit(".", 1)[0])
-        amount = math.ceil(0.3 * module.weight.numel())
+        amount = exact_ceil(0.3, module.weight.numel())
         tprune.l1_unstructured(module, "weight", amount=amount)
         assert torch.equal(module.weight_mask.bool(), masks[name])
 
@@ -68,7 +69,7 @@ def test_global_matches_torch_global_unstructured():
     ref = tiny()
     params = [(ref.get_submodule(n.rsplit(".", 1)[0]), "weight") for n in names]
     total = sum(m.weight.numel() for m, _ in params)
-    tprune.global_unstructured(params, pruning_method=tprune.L1Unstructured, amount=math.ceil(0.45 * total))
+    tprune.global_unstructured(params, pruning_method=tprune.L1Unstructured, amount=exact_ceil(0.45, total))
     for name, (module, _) in zip(names, params):
         assert torch.equal(module.weight_mask.bool(), masks[name])
 
@@ -84,7 +85,7 @@ def test_density_after_k_rounds(scope):
         masks.apply(model)
         # exact count with ⌈·⌉ rounding, and within rounding of (1 − p)^k
         if scope == "layerwise":
-            alive = {n: a - math.ceil(0.2 * a) for n, a in alive.items()}
+            alive = {n: a - exact_ceil(0.2, a) for n, a in alive.items()}
             assert masks.alive() == sum(alive.values())
         assert abs(masks.density() - 0.8**k) < k / masks.total() + 1e-12
 
@@ -107,9 +108,9 @@ def test_layer_fraction_override_prunes_separately():
     names = prunable_names(model)
     cfg = PruningConfig(fraction=0.5, layer_fractions={"6.*": 0.2})
     masks = prune(model, MaskSet.ones(model, names), cfg)
-    assert masks["6.weight"].sum() == 15 - math.ceil(0.2 * 15)
+    assert masks["6.weight"].sum() == 15 - exact_ceil(0.2, 15)
     rest = masks["0.weight"].sum() + masks["4.weight"].sum()
-    assert rest == 18 + 160 - math.ceil(0.5 * (18 + 160))
+    assert rest == 18 + 160 - exact_ceil(0.5, (18 + 160))
 
 
 @pytest.mark.parametrize(

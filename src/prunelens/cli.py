@@ -124,6 +124,22 @@ def cmd_compare(args: argparse.Namespace) -> None:
     print_table(overall, f"ticket overlap ({out})")
 
 
+def cmd_shrink(args: argparse.Namespace) -> None:
+    from prunelens.export import shrink_round
+    from prunelens.store import round_dir
+
+    run_dir = resolve_run(args.run, Path(args.output_dir or "runs"))
+    report = shrink_round(run_dir, args.round, batch=args.batch, repeats=args.repeats)
+    rows = [
+        {"model": kind, "params": report[kind]["params"], "flops": report[kind]["flops"],
+         "flops_effective": report[kind].get("flops_effective", report[kind]["flops"]),
+         "latency_median_ms": 1e3 * report["latency"][kind]["median"]}
+        for kind in ("masked", "shrunk")
+    ]  # fmt: skip
+    print_table(pd.DataFrame(rows), f"round {report['round']}: masked (simulated) vs shrunk (physical), batch {args.batch}")
+    print(f"measured speed-up: {report['latency']['speedup']:.2f}x; model saved as {run_dir / round_dir(report['round']) / 'shrunk.pt2'}")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="prunelens", description="Pruning × explanations, end to end.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -147,6 +163,13 @@ def parser() -> argparse.ArgumentParser:
     compare.add_argument("--out", help="directory for the tables and plot (default: runs/compare/<runs>)")
     compare.add_argument("--output-dir", help="where to look for RUNs (default: runs)")
     compare.set_defaults(func=cmd_compare)
+    shrink = sub.add_parser("shrink", help="physically remove pruned filters of a round; compare size, FLOPs, latency")
+    shrink.add_argument("run", help="run directory, its name, or a prefix of its hash")
+    shrink.add_argument("--round", type=int, help="round (default: the last finished)")
+    shrink.add_argument("--batch", type=int, default=32, help="batch size for the latency measurement")
+    shrink.add_argument("--repeats", type=int, default=20)
+    shrink.add_argument("--output-dir", help="where to look for RUN (default: runs)")
+    shrink.set_defaults(func=cmd_shrink)
     sub.add_parser("list", help="datasets, models, pruning methods and lenses").set_defaults(func=cmd_list)
     show = sub.add_parser("show", help="per-round table of a run")
     show.add_argument("run", help="run directory, its name, or a prefix of its hash")

@@ -19,6 +19,7 @@ from prunelens.errors import PrunelensError
 from prunelens.lenses import LENSES
 from prunelens.models import build_model
 from prunelens.progress import Reporter
+from prunelens.pruning import check as check_pruning
 from prunelens.schedules import Context, run_rounds
 from prunelens.store import RunStore
 from prunelens.train import seed_everything
@@ -79,6 +80,7 @@ def check_device(device: str) -> None:
 
 def check_schedule(cfg: ExperimentConfig, model: Any, steps: int) -> None:
     p = cfg.pruning
+    check_pruning(p)
     if p.rewind == "step" and not 0 < p.rewind_step < steps:
         raise PrunelensError(f"pruning.rewind_step: {p.rewind_step} is not in (0, {steps}) training steps")
     if p.rewind == "pretrained" and cfg.model.weights is None and not getattr(model, "is_pretrained", False):

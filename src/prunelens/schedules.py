@@ -162,7 +162,7 @@ def run_rounds(ctx: Context, store: RunStore, on_round: Callable[[list[dict[str,
             masks = MaskSet.ones(model, ctx.names)
         else:
             model.load_state_dict(trained)
-            masks = prune(model, masks, cfg.pruning, next(iter(ctx.loader(ctx.training(r)).epoch(0))))
+            masks = prune(model, masks, cfg.pruning, next(iter(ctx.loader(ctx.training(r)).epoch(0))), seed=cfg.seed)
         prune_seconds = time.perf_counter() - began
         fine_tune = cfg.pruning.rewind == "none" and r > 0
         rewind(model, trained if fine_tune else theta_start, masks)
