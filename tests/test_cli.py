@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -186,9 +187,14 @@ def test_compare_command(tmp_path, capsys):
         assert main(["run", str(write_config(tmp_path / f"{scope}.yaml", cfg)), "-q"]) == 0
         dirs.append(str(cfg.run_dir))
     out = tmp_path / "cmp"
-    assert main(["compare", *dirs, "--out", str(out)]) == 0
-    assert {"overlap.csv", "jaccard.csv", "stability.csv", "collapse.csv", "layer_density.png"} <= {p.name for p in out.iterdir()}
-    assert "frac_kept" in capsys.readouterr().out
+    assert main(["compare", *dirs, "--out", str(out), "--reinit"]) == 0
+    assert {"overlap.csv", "jaccard.csv", "stability.csv", "collapse.csv", "layer_density.png", "reinit_survival.csv"} <= {
+        p.name for p in out.iterdir()
+    }
+    printed = capsys.readouterr().out
+    assert "frac_kept" in printed and "survival" in printed
+    survival = pd.read_csv(out / "reinit_survival.csv").set_index("layer")
+    assert 0 <= survival.loc["all", "survival"] <= 1 and survival.loc["all", "overlap"] > 0
     assert main(["compare", dirs[0]]) == 2
 
 

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from prunelens.errors import PrunelensError
+from prunelens.masks import MaskSet
 from prunelens.experiment import run
 from prunelens.lenses.tickets import (
     compare_runs,
@@ -186,3 +187,16 @@ def test_layer_density_table_and_round_model(two_runs):
     model, masks = load_round_model(two_runs[1], 2)
     assert masks.density() == pytest.approx(last.global_density.iloc[0])
     masks.check_zero(model)
+
+
+def test_survival_hand_computed():
+    from prunelens.reinit import mixed_start, survival
+
+    overlap = {"a": torch.tensor([True, True, False, False]), "b": torch.tensor([True, False])}
+    masks = MaskSet({"a": torch.tensor([True, False, True, False]), "b": torch.tensor([True, True])})
+    table = survival(overlap, masks).set_index("layer")
+    assert table.loc["a", "survival"] == 0.5 and table.loc["a", "chance"] == 0.5 and table.loc["a", "gain"] == 0
+    assert table.loc["b", "survival"] == 1.0 and table.loc["b", "chance"] == 1.0
+    assert table.loc["all", "overlap"] == 3 and table.loc["all", "survivors"] == 2
+    mixed = mixed_start({"a": torch.ones(4), "bias": torch.ones(1)}, {"a": torch.zeros(4), "bias": torch.zeros(1)}, {"a": overlap["a"]})
+    assert mixed["a"].tolist() == [1, 1, 0, 0] and mixed["bias"].tolist() == [1]

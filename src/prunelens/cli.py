@@ -122,6 +122,14 @@ def cmd_compare(args: argparse.Namespace) -> None:
     plot_layer_density(tables["density"], out / "layer_density.png")
     overall = tables["overlap"][tables["overlap"]["layer"] == "all"]
     print_table(overall, f"ticket overlap ({out})")
+    if args.reinit:
+        from prunelens.lenses.tickets import compared_round
+        from prunelens.reinit import partial_reinit
+        from prunelens.store import RunStore
+
+        r = compared_round([RunStore(d) for d in run_dirs], args.round)
+        table = partial_reinit(run_dirs, r, out)
+        print_table(table, f"partial re-initialisation: survival of the overlap at round {r} vs chance")
 
 
 def cmd_shrink(args: argparse.Namespace) -> None:
@@ -161,6 +169,7 @@ def parser() -> argparse.ArgumentParser:
     compare.add_argument("runs", nargs="+", help="run directories, names, or hash prefixes")
     compare.add_argument("--round", type=int, help="round to compare (default: the last round all runs finished)")
     compare.add_argument("--out", help="directory for the tables and plot (default: runs/compare/<runs>)")
+    compare.add_argument("--reinit", action="store_true", help="partial re-initialisation: rerun keeping only the overlap's values")
     compare.add_argument("--output-dir", help="where to look for RUNs (default: runs)")
     compare.set_defaults(func=cmd_compare)
     shrink = sub.add_parser("shrink", help="physically remove pruned filters of a round; compare size, FLOPs, latency")

@@ -230,7 +230,7 @@ def _stability_table(store: RunStore, rounds: Sequence[int], common: Tensors) ->
     return stability_summary(weight_stability(weights, [_masks(store, r) for r in rounds]), common)
 
 
-def _compared_round(stores: Sequence[RunStore], round: int | None) -> int:
+def compared_round(stores: Sequence[RunStore], round: int | None) -> int:
     """`round` if every run finished it, else (None) the last round all runs finished."""
     done = [set(s.rounds_done()) for s in stores]
     for store, rounds in zip(stores, done):
@@ -265,7 +265,7 @@ def compare_runs(run_dirs: Sequence[Path], round: int | None = None) -> dict[str
         raise PrunelensError("compare: no runs given")
     stores = [RunStore(Path(d)) for d in run_dirs]
     labels = _run_labels(run_dirs)
-    r = _compared_round(stores, round)
+    r = compared_round(stores, round)
     tickets = [_masks(s, r) for s in stores]
     common = intersection(tickets, [str(s.root) for s in stores])
     history = [[q for q in s.rounds_done() if q <= r] for s in stores]
