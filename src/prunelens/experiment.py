@@ -56,16 +56,21 @@ def tidy(records: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 def open_store(cfg: ExperimentConfig, write_config: bool = True) -> RunStore:
-    """The run's store, locked and verified; refuses a directory holding another config."""
+    """The run's store, locked (use it as a context manager to release the lock) and verified; refuses a
+    directory holding another config."""
     store = RunStore(cfg.run_dir)
     if store.has("canonical.json") and store.load_json("canonical.json") != cfg.canonical():
         raise PrunelensError(f"{cfg.run_dir}: holds a run of a different config")
     store.lock()
-    store.verify()
-    if not store.has("canonical.json"):
-        store.save_json("canonical.json", cfg.canonical())
-    if write_config:
-        store.write("config.yaml", config_mod.dump(cfg).encode())
+    try:
+        store.verify()
+        if not store.has("canonical.json"):
+            store.save_json("canonical.json", cfg.canonical())
+        if write_config:
+            store.write("config.yaml", config_mod.dump(cfg).encode())
+    except BaseException:
+        store.unlock()
+        raise
     return store
 
 
@@ -109,10 +114,10 @@ def run(cfg: ExperimentConfig, quiet: bool = False) -> RunResult:
     with Reporter(quiet) as reporter:
         ctx = Context(cfg, bundle, model, reporter)
         check_schedule(cfg, model, min(ctx.steps(0), ctx.steps(1)))
-        store = open_store(cfg)
-        records = run_rounds(ctx, store, on_round=lambda done: store.save_table("metrics", tidy(done)))
-        if cfg.lenses:
-            analyze(cfg, store, bundle, build, reporter)
+        with open_store(cfg) as store:
+            records = run_rounds(ctx, store, on_round=lambda done: store.save_table("metrics", tidy(done)))
+            if cfg.lenses:
+                analyze(cfg, store, bundle, build, reporter)
     return RunResult(cfg.run_dir, records)
 
 
@@ -133,5 +138,5 @@ def analyze_run(run_dir: Path, lenses: list[str] | None = None, quiet: bool = Fa
         raise PrunelensError(f"{run_dir}: no lenses to run (pass --explain NAME[,NAME])")
     bundle, build = prepare(cfg)
     with Reporter(quiet) as reporter:
-        store = open_store(cfg, write_config=False)
-        return analyze(cfg, store, bundle, build, reporter, force=force)
+        with open_store(cfg, write_config=False) as store:
+            return analyze(cfg, store, bundle, build, reporter, force=force)

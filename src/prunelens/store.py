@@ -68,6 +68,17 @@ class RunStore:
         except BlockingIOError:
             raise PrunelensError(f"{self.root}: run is in use by another process") from None
 
+    def unlock(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def __enter__(self) -> RunStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.unlock()
+
     def has(self, rel: str) -> bool:
         return rel in self.manifest and (self.root / rel).is_file()
 

@@ -45,6 +45,8 @@ from prunelens.lenses import similarity as sim
 from prunelens.lenses.base import LENSES, Lens, LensBatch, LensInput, LensResult
 
 Variant = Literal["standard", "seed_ghosh"]
+References = dict[str, dict[str, Tensor]]
+"""Per reference kind ("floor", "ceiling"): its `maps` and the per-image similarity metrics to the dense maps."""
 Target = Literal["label", "predicted", "dense_predicted"]
 NATIVE = "native"
 LIBRARY = "pytorch_grad_cam:"
@@ -135,11 +137,15 @@ def hooked_forward(model: nn.Module, layer: nn.Module, images: Tensor) -> tuple[
     finally:
         for handle in handles:
             handle.remove()
-    output = kept.get("output")
+    if "output" not in kept:
+        raise PrunelensError("the Grad-CAM target layer is not called in the model's forward pass")
+    output = kept["output"]
     if not isinstance(output, Tensor) or output.ndim != 4:
-        raise PrunelensError(f"Grad-CAM target layer produced {type(output).__name__}, not a (B, K, h, w) tensor")
+        raise PrunelensError(f"the Grad-CAM target layer returns {type(output).__name__}, not a (B, K, h, w) tensor")
     if output._version != kept["version"]:
-        raise PrunelensError("the Grad-CAM target layer's output is modified in place later (e.g. an in-place ReLU); target that later module instead")
+        raise PrunelensError(
+            "the Grad-CAM target layer's output is modified in place later (e.g. by an in-place ReLU); target that later module"
+        )
     if not logits.requires_grad:
         raise PrunelensError("the model's logits do not depend differentiably on the Grad-CAM target layer")
     return output, logits
@@ -160,7 +166,8 @@ def check_options(variant: str, backend: str) -> None:
     if backend == NATIVE:
         return
     if not backend.startswith(LIBRARY) or backend.removeprefix(LIBRARY) not in library_methods():
-        raise PrunelensError(f"Grad-CAM backend {backend!r}: expected 'native' or '{LIBRARY}<one of {', '.join(library_methods())}>'")
+        known = ", ".join(library_methods())
+        raise PrunelensError(f"Grad-CAM backend {backend!r}: expected 'native' or '{LIBRARY}<method>' (methods: {known})")
     if variant != "standard":
         raise PrunelensError("Grad-CAM variant 'seed_ghosh' exists only for the native backend")
 
@@ -249,7 +256,9 @@ def blur(images: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def deletion_insertion(model: nn.Module, images: Tensor, maps: Tensor, targets: Tensor, steps: int = FAITHFULNESS_STEPS) -> dict[str, Tensor]:
+def deletion_insertion(
+    model: nn.Module, images: Tensor, maps: Tensor, targets: Tensor, steps: int = FAITHFULNESS_STEPS
+) -> dict[str, Tensor]:
     """Deletion and insertion curves (Petsiuk et al. 2018): at fractions f = 0, 1/steps, …, 1 the top-f
     pixels of the upsampled map (ties in flat index order) are set to the zero (= dataset mean) image
     (deletion) or revealed on a blurred image (insertion); the curve is the softmax probability of the target
@@ -258,8 +267,8 @@ def deletion_insertion(model: nn.Module, images: Tensor, maps: Tensor, targets: 
     b, _, height, width = images.shape
     saliency = upsample(maps, (height, width)).reshape(b, -1)
     order = torch.sort(saliency, dim=1, descending=True, stable=True).indices
-    rank = torch.empty_like(order).scatter_(1, order, torch.arange(height * width, device=order.device).expand(b, -1))
-    rank = rank.view(b, 1, height, width)
+    positions = torch.arange(height * width, device=order.device).expand(b, -1)
+    rank = torch.empty_like(order).scatter_(1, order, positions).view(b, 1, height, width)
     baseline, background = torch.zeros_like(images), blur(images)
     fractions = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
     curves: dict[str, list[Tensor]] = {"deletion": [], "insertion": []}
@@ -284,7 +293,8 @@ def cascading_randomisation(model: nn.Module, explain: Callable[[nn.Module], Ten
     (`reset_parameters`) the modules with own parameters one after another from the logits downward,
     cumulatively; after each step return (module name, `explain(randomised copy)`)."""
     randomised = copy.deepcopy(model)
-    layers = [(n, m) for n, m in randomised.named_modules() if hasattr(m, "reset_parameters") and any(True for _ in m.parameters(recurse=False))]
+    owners = [(n, m) for n, m in randomised.named_modules() if next(m.parameters(recurse=False), None) is not None]
+    layers = [(n, m) for n, m in owners if hasattr(m, "reset_parameters")]
     devices = sorted({p.device.index or 0 for p in randomised.parameters() if p.device.type == "cuda"})
     out = []
     with torch.random.fork_rng(devices=devices):
@@ -309,6 +319,7 @@ def _record(kind: str, metric: str, value: float, n: int, nan: int = 0, **extra:
 
 
 def _rows(kind: str, per_image: dict[str, Tensor], **extra: Any) -> list[dict[str, Any]]:
+    """A `_row` per (B,) metric of `per_image` (maps and the `degenerate` flags are skipped)."""
     return [_row(kind, name, v.double(), **extra) for name, v in per_image.items() if v.ndim == 1 and name != "degenerate"]
 
 
@@ -322,13 +333,14 @@ class GradCAMLens(Lens):
     "pytorch_grad_cam:<Method>"), `faithfulness` (deletion/insertion curves, default on).
 
     Record kinds (column `kind`; `metric`, `value` = mean over the evaluation batch, `n` images with a finite
-    value, `nan` the others, e.g. degenerate maps):
+    value, `nan` the others, e.g. degenerate maps; every row also names `method`, `target` and `layer`):
     - `maps`: `degenerate` (count), `peak` (mean per-image max), `peak_ratio` (peak / dense peak), `grid_h`, `grid_w`;
     - `pruned_vs_dense`: every `similarity.compare` metric of this round's maps vs the dense maps;
     - `normalised`: (S − S_floor) / (S_ceil − S_floor) of each of those (works for distances too);
     - round 0 only: `floor` (dense vs a fresh random init, `reference("random")`), `ceiling` (dense vs the dense
       model of another seed, `reference("other_seed")`), `mprt` (cascading randomisation of the dense model:
-      `spearman`, `spearman_abs`, `ssim` per `step` and randomised `layer`), `correctness_floor`/`_ceiling`;
+      `spearman`, `spearman_abs`, `ssim` per `step`, the module re-initialised last in `randomised`),
+      `correctness_floor` and `correctness_ceiling`;
     - `correctness` (when the batch has object `masks`): `energy_inside`, `energy_ratio`, `pointing_game`;
     - `faithfulness`: `deletion_auc`, `insertion_auc`.
     Tensors keep the raw maps, targets, peaks and every per-image value; the figure `grid` shows up to 8 images
@@ -345,7 +357,7 @@ class GradCAMLens(Lens):
         self.target, self.layer, self.variant, self.backend, self.faithfulness = target, layer, variant, backend, faithfulness
         self.method = variant if backend == NATIVE else backend.removeprefix(LIBRARY)
         self._dense: CAMResult | None = None
-        self._references: dict[str, dict[str, Tensor]] = {}
+        self._references: References = {}
 
     # -- maps
 
@@ -363,7 +375,7 @@ class GradCAMLens(Lens):
             self._dense = self.explain(inp.dense, inp.batch)
         return self._dense
 
-    def references(self, inp: LensInput) -> dict[str, dict[str, Tensor]]:
+    def references(self, inp: LensInput) -> References:
         """Per reference ("floor", "ceiling"): its maps and per-image similarity to the dense maps (cached)."""
         if not self._references:
             dense = self.dense_maps(inp)
@@ -400,7 +412,8 @@ class GradCAMLens(Lens):
             tensors.update({f"faithfulness.{k}": v for k, v in per_image.items()})
         for record in records:
             record.update(method=self.method, target=self.target, layer=self.layer)
-        title = f"Grad-CAM ({self.method}, target {self.target}, layer {self.layer}) — round {inp.round}, density {inp.density:.3f}"
+        where = f"round {inp.round}, density {inp.density:.3g}"
+        title = f"Grad-CAM ({self.method}, target {self.target}, layer {self.layer}): {where}"
         return LensResult(records, tensors, {"grid": grid_figure(batch, dense, current, title)})
 
     def _map_records(self, current: CAMResult, dense: CAMResult) -> list[dict[str, Any]]:
@@ -414,7 +427,8 @@ class GradCAMLens(Lens):
         ]
 
     @staticmethod
-    def _normalised(records: list[dict[str, Any]], refs: dict[str, dict[str, Tensor]]) -> list[dict[str, Any]]:
+    def _normalised(records: list[dict[str, Any]], refs: References) -> list[dict[str, Any]]:
+        """(S − S_floor) / (S_ceil − S_floor) of each `pruned_vs_dense` record (NaN where floor = ceiling)."""
         out = []
         for rec in records:
             if rec["kind"] != "pruned_vs_dense":
@@ -424,30 +438,37 @@ class GradCAMLens(Lens):
             out.append({**rec, "kind": "normalised", "value": value})
         return out
 
-    def _reference_records(self, inp: LensInput, refs: dict[str, dict[str, Tensor]], tensors: dict[str, Tensor]) -> list[dict[str, Any]]:
+    def _reference_records(self, inp: LensInput, refs: References, tensors: dict[str, Tensor]) -> list[dict[str, Any]]:
         """Round 0: floor, ceiling, their correctness, and the MPRT series of the dense model."""
         dense, batch = self.dense_maps(inp), inp.batch
         records = []
         for kind, values in refs.items():
-            records += _rows(kind, {k: v for k, v in values.items() if k != "maps"})
+            records += _rows(kind, values)
             tensors.update({f"{kind}.{k}": v for k, v in values.items()})
             if "masks" in batch.extras:
                 records += _rows(f"correctness_{kind}", correctness(values["maps"], batch.extras["masks"]))
         series = cascading_randomisation(inp.dense, lambda m: self.explain(m, batch).maps)
+        spearman = []
         for step, (layer, maps) in enumerate(series, start=1):
-            per_image = {"spearman": sim.spearman(maps, dense.maps), "spearman_abs": sim.spearman(maps, dense.maps, absolute=True),
-                         "ssim": sim.ssim(maps, dense.maps)}  # fmt: skip
-            mask = sim.degenerate(maps) | dense.degenerate
-            records += _rows("mprt", {k: v.masked_fill(mask, math.nan) for k, v in per_image.items()}, step=step, randomised=layer)
-            tensors[f"mprt.spearman.{step:03d}"] = per_image["spearman"]
+            per_image = {
+                "spearman": sim.spearman(maps, dense.maps),
+                "spearman_abs": sim.spearman(maps, dense.maps, absolute=True),
+                "ssim": sim.ssim(maps, dense.maps),
+            }
+            bad = sim.degenerate(maps) | dense.degenerate
+            records += _rows("mprt", {k: v.masked_fill(bad, math.nan) for k, v in per_image.items()}, step=step, randomised=layer)
+            spearman.append(per_image["spearman"].masked_fill(bad, math.nan))
+        tensors["mprt.spearman"] = torch.stack(spearman)  # (steps, B)
         return records
 
     # -- across rounds
 
     def summarize(self, table: pd.DataFrame) -> dict[str, Any]:
-        figures = {"consistency": consistency_figure(table, self.method)}
+        title = f"Grad-CAM ({self.method}): consistency with the dense maps"
+        figures = {"consistency": density_figure(table, ["pruned_vs_dense"], title)}
         if table["kind"].isin(["correctness", "faithfulness"]).any():
-            figures["correctness_faithfulness"] = curves_figure(table[table["kind"].isin(["correctness", "faithfulness"])], self.method)
+            title = f"Grad-CAM ({self.method}): correctness and faithfulness"
+            figures["correctness_faithfulness"] = density_figure(table, ["correctness", "faithfulness"], title)
         if (table["kind"] == "mprt").any():
             figures["mprt"] = mprt_figure(table[table["kind"] == "mprt"], self.method)
         return figures
@@ -493,54 +514,39 @@ def grid_figure(batch: LensBatch, dense: CAMResult, current: CAMResult, title: s
     return fig
 
 
-def _panels(count: int) -> tuple[Any, np.ndarray]:
+REFERENCE_LINES = {"pruned_vs_dense": ("floor", "ceiling"), "correctness": ("correctness_floor", "correctness_ceiling")}
+"""Record kind → the round-0 kinds drawn as its floor and ceiling lines."""
+
+
+def density_figure(table: pd.DataFrame, kinds: list[str], title: str) -> Any:
+    """One panel per (kind, metric) of `kinds`: the value against density (log scale, decreasing to the right,
+    ticks at the rounds), with the floor (random init, red) and ceiling (other seed, green) of
+    `REFERENCE_LINES` as dashed horizontal lines."""
     from matplotlib.figure import Figure
 
-    cols = min(4, count)
-    rows = math.ceil(count / cols)
-    fig = Figure(figsize=(3.2 * cols, 2.5 * rows), layout="constrained")
-    return fig, np.atleast_1d(fig.subplots(rows, cols, squeeze=False).ravel())
-
-
-def _density_axis(ax: Any, metric: str) -> None:
-    ax.set_xscale("log")
-    ax.invert_xaxis()
-    ax.set(xlabel="density", title=metric)
-    ax.title.set_fontsize(8)
-
-
-def consistency_figure(table: pd.DataFrame, method: str) -> Any:
-    """One panel per similarity metric: pruned-vs-dense value against density, with the floor (random init)
-    and ceiling (other seed) as dashed horizontal lines."""
-    rows = table[table["kind"] == "pruned_vs_dense"]
-    metrics = list(dict.fromkeys(rows["metric"]))
-    fig, axes = _panels(len(metrics))
-    for ax, metric in zip(axes, metrics):
-        curve = rows[rows["metric"] == metric].sort_values("round")
-        ax.plot(curve["density"], curve["value"], marker="o", markersize=3, label="pruned vs dense")
-        for kind, colour in (("floor", "tab:red"), ("ceiling", "tab:green")):
-            level = table[(table["kind"] == kind) & (table["metric"] == metric)]["value"]
-            if len(level):
-                ax.axhline(float(level.iloc[0]), color=colour, linestyle="--", linewidth=1, label=kind)
-        _density_axis(ax, metric)
-    for ax in axes[len(metrics):]:
-        ax.set_visible(False)
-    axes[0].legend(fontsize="x-small")
-    fig.suptitle(f"Grad-CAM ({method}) consistency with the dense maps", fontsize=9)
-    return fig
-
-
-def curves_figure(rows: pd.DataFrame, method: str) -> Any:
-    """Correctness and faithfulness metrics against density."""
+    rows = table[table["kind"].isin(kinds)]
     keys = list(dict.fromkeys(zip(rows["kind"], rows["metric"])))
-    fig, axes = _panels(len(keys))
+    cols = min(4, len(keys))
+    fig = Figure(figsize=(3.2 * cols, 2.5 * math.ceil(len(keys) / cols)), layout="constrained")
+    axes = fig.subplots(math.ceil(len(keys) / cols), cols, squeeze=False).ravel()
     for ax, (kind, metric) in zip(axes, keys):
         curve = rows[(rows["kind"] == kind) & (rows["metric"] == metric)].sort_values("round")
-        ax.plot(curve["density"], curve["value"], marker="o", markersize=3)
-        _density_axis(ax, f"{kind}: {metric}")
-    for ax in axes[len(keys):]:
+        ax.plot(curve["density"], curve["value"], marker="o", markersize=3, label=kind)
+        for level_kind, colour in zip(REFERENCE_LINES.get(kind, ()), ("tab:red", "tab:green")):
+            level = table[(table["kind"] == level_kind) & (table["metric"] == metric)]["value"]
+            if len(level):
+                ax.axhline(float(level.iloc[0]), color=colour, linestyle="--", linewidth=1, label=level_kind)
+        ticks = sorted(set(curve["density"]))
+        ax.set_xscale("log")
+        ax.set_xticks(ticks, [f"{d:.2g}" for d in ticks], fontsize=7)
+        ax.minorticks_off()
+        ax.invert_xaxis()
+        ax.set_xlabel("density")
+        ax.set_title(metric if len(kinds) == 1 else f"{kind}: {metric}", fontsize=8)
+    for ax in axes[len(keys) :]:
         ax.set_visible(False)
-    fig.suptitle(f"Grad-CAM ({method}) correctness and faithfulness", fontsize=9)
+    axes[0].legend(fontsize="x-small")
+    fig.suptitle(title, fontsize=9)
     return fig
 
 

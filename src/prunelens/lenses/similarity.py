@@ -81,14 +81,15 @@ def dice(a: Tensor, b: Tensor) -> Tensor:
 def average_ranks(x: Tensor) -> Tensor:
     """Ranks 1…n along dim 1; tied values get the mean of the ranks they span (scipy's `rankdata`)."""
     values, order = torch.sort(x, dim=1, stable=True)
-    b, n = values.shape
-    new = torch.ones_like(values, dtype=torch.bool)
-    new[:, 1:] = values[:, 1:] != values[:, :-1]
-    group = new.long().cumsum(1) - 1 + n * torch.arange(b, device=x.device)[:, None]  # unique per row
-    position = torch.arange(n, device=x.device, dtype=torch.float64).expand(b, n).reshape(-1)
-    first = torch.full((b * n,), math.inf, dtype=torch.float64, device=x.device).scatter_reduce(0, group.reshape(-1), position, "amin")
-    last = torch.full((b * n,), -math.inf, dtype=torch.float64, device=x.device).scatter_reduce(0, group.reshape(-1), position, "amax")
-    mean_rank = ((first + last) / 2 + 1)[group]
+    n = values.shape[1]
+    position = torch.arange(n, device=x.device).expand_as(values)
+    starts = torch.ones_like(values, dtype=torch.bool)
+    starts[:, 1:] = values[:, 1:] != values[:, :-1]  # first element of a run of equal values
+    ends = torch.ones_like(starts)
+    ends[:, :-1] = starts[:, 1:]
+    first = torch.where(starts, position, 0).cummax(1).values
+    last = torch.where(ends, position, n).flip(1).cummin(1).values.flip(1)
+    mean_rank = (first + last).double() / 2 + 1
     return torch.empty_like(mean_rank).scatter_(1, order, mean_rank)
 
 
