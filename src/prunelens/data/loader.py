@@ -69,10 +69,10 @@ class Loader:
         order = order.to(self.device)
         for b in range(start, len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
-            x = self.normalise(self.split.images[idx])
+            x = self.normalise(self.split.images.index_select(0, idx))  # index_select: ~10× faster than [idx]
             if self.augment:
                 x = augment(x, generator(self.seed, epoch, b))
-            yield x, self.split.labels[idx]
+            yield x, self.split.labels.index_select(0, idx)
 
     def _dataset_batches(self, order: torch.Tensor) -> Iterator[Batch]:
         loader = DataLoader(
