@@ -96,3 +96,21 @@ def test_layer_collapse_is_flagged(tiny):
     result = run(tiny(pruning={"layer_fractions": {"fc.weight": 0.99}, "rounds": 2}), quiet=True)
     flags = [(rec["collapsed"], rec["empty_layers"]) for rec in result.records]
     assert flags[0] == (False, []) and flags[2] == (True, ["fc.weight"])
+
+
+# 10 steps per round. none: rounds start at step 0, so round r continues at 10·r. step (k = 3): every round
+# trains steps 3…9 (7 steps, round 0 too), so round r's step 3 maps to schedule step 7·r: offset 7·r − 3.
+@pytest.mark.parametrize("rewind, expected", [("none", [0, 10, 20, 30]), ("step", [0, 4, 11, 18])])
+def test_lr_offset_continues_the_schedule(rewind, expected):
+    """Round r's LR schedule step = steps trained before round r + (s − its start)."""
+    from types import SimpleNamespace
+
+    from prunelens.config import PruningConfig
+    from prunelens.schedules import lr_offset
+
+    pruning = PruningConfig(rewind=rewind, rewind_step=3, lr_reset=False)
+    ctx = SimpleNamespace(cfg=SimpleNamespace(pruning=pruning), steps=lambda r: 10)
+    k = 3 if rewind == "step" else 0
+    assert [lr_offset(ctx, r, k) for r in range(4)] == expected
+    reset = SimpleNamespace(cfg=SimpleNamespace(pruning=PruningConfig(rewind=rewind, rewind_step=3)), steps=lambda r: 10)
+    assert [lr_offset(reset, r, k) for r in range(4)] == [0, 0, 0, 0]

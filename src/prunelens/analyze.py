@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -73,10 +74,11 @@ def save_result(store: RunStore, stem: str, result: LensResult) -> None:
 
 
 class References:
-    """Reference models for floors and ceilings, built lazily once per analysis."""
+    """Reference models for floors and ceilings, built lazily once per analysis. `other_seed` returns the
+    run directory of a dense model trained from another seed (the experiment provides it)."""
 
-    def __init__(self, cfg: ExperimentConfig, build: ModelFactory, quiet: bool) -> None:
-        self.cfg, self.build, self.quiet = cfg, build, quiet
+    def __init__(self, cfg: ExperimentConfig, build: ModelFactory, other_seed: Callable[[], Path]) -> None:
+        self.cfg, self.build, self.other_seed = cfg, build, other_seed
         self._cache: dict[str, nn.Module] = {}
 
     def __call__(self, kind: str) -> nn.Module:
@@ -89,11 +91,8 @@ class References:
             seed_everything(self.cfg.seed + 10_000)
             return self.build()
         if kind == "other_seed":
-            from prunelens.experiment import run
-
-            other = self.cfg.with_overrides(seed=self.cfg.seed + 1, pruning={"rounds": 0}, lenses=[])
             model = self.build()
-            model.load_state_dict(RunStore(run(other, quiet=self.quiet).run_dir).load_tensors(f"{round_dir(0)}/weights.pt"))
+            model.load_state_dict(RunStore(self.other_seed()).load_tensors(f"{round_dir(0)}/weights.pt"))
             return model
         raise ValueError(f"unknown reference model {kind!r} (known: random, other_seed)")
 
@@ -106,14 +105,21 @@ def load_round(store: RunStore, build: ModelFactory, r: int, device: str) -> tup
 
 
 def analyze(
-    cfg: ExperimentConfig, store: RunStore, bundle: DataBundle, build: ModelFactory, reporter: Reporter, force: bool = False
+    cfg: ExperimentConfig,
+    store: RunStore,
+    bundle: DataBundle,
+    build: ModelFactory,
+    reporter: Reporter,
+    other_seed: Callable[[], Path],
+    force: bool = False,
 ) -> dict[str, pd.DataFrame]:
-    """Run every lens of `cfg.lenses` on every finished round; returns each lens' long table."""
+    """Run every lens of `cfg.lenses` on every finished round; returns each lens' long table.
+    `other_seed()` gives the run directory of the same dense model trained from another seed (the ceiling)."""
     rounds = store.rounds_done()
     if not rounds or rounds[0] != 0:
         raise PrunelensError(f"{store.root}: no finished dense round 0 to analyse")
     batch = eval_batch(bundle, cfg.lens_images, cfg.device)
-    references = References(cfg, build, reporter.quiet)
+    references = References(cfg, build, other_seed)
     dense = None
     tables = {}
     for spec in cfg.lenses:

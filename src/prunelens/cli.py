@@ -14,7 +14,17 @@ from rich.console import Console
 from rich.table import Table
 
 from prunelens import config as config_mod
+from prunelens.data import DATASETS
 from prunelens.errors import PrunelensError
+from prunelens.experiment import analyze_run, run
+from prunelens.export import shrink_round
+from prunelens.lenses import LENSES
+from prunelens.lenses.tickets import compare_runs, compared_round, plot_layer_density
+from prunelens.models import MODELS
+from prunelens.pruning import SCORES
+from prunelens.reinit import partial_reinit
+from prunelens.store import RunStore, atomic_write, round_dir
+from prunelens.sweep import Sweep, load, run_sweep
 
 QUICKSTART = "quickstart.yaml"
 
@@ -38,7 +48,7 @@ def summary_frame(frame: pd.DataFrame) -> pd.DataFrame:
     """Per-round accuracy-vs-density table from a long-format metrics table."""
     wide = frame[frame["layer"].fillna("") == ""].pivot(index="round", columns="metric", values="value")
     wide["flops_ratio"] = wide["flops_effective"] / wide["flops_dense"]
-    cols = ["density", "density_all", "test_top1", "test_top5", "val_top1", "flops_ratio", "train_seconds"]
+    cols = ["rate_nominal", "density", "density_all", "test_top1", "test_top5", "val_top1", "flops_ratio", "collapsed", "train_seconds"]
     return wide[cols].reset_index()
 
 
@@ -51,9 +61,6 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    from prunelens.experiment import run
-    from prunelens.sweep import Sweep, load, run_sweep
-
     loaded = load(args.config) if args.config else quickstart_config()
     changes = overrides(args)
     if isinstance(loaded, Sweep):
@@ -68,11 +75,6 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> None:
-    from prunelens.data import DATASETS
-    from prunelens.lenses import LENSES
-    from prunelens.models import MODELS
-    from prunelens.pruning import SCORES
-
     for title, registry in (("datasets", DATASETS), ("models", MODELS), ("pruning methods", SCORES), ("lenses", LENSES)):
         print(f"{title}: {', '.join(registry.names())}")
 
@@ -89,8 +91,6 @@ def resolve_run(name: str, output_dir: Path) -> Path:
 
 
 def cmd_show(args: argparse.Namespace) -> None:
-    from prunelens.store import RunStore
-
     run_dir = resolve_run(args.run, Path(args.output_dir or "runs"))
     store = RunStore(run_dir)
     frame = pd.read_csv(io.BytesIO(store.read("metrics.csv")), keep_default_na=False)
@@ -98,8 +98,6 @@ def cmd_show(args: argparse.Namespace) -> None:
 
 
 def cmd_analyze(args: argparse.Namespace) -> None:
-    from prunelens.experiment import analyze_run
-
     run_dir = resolve_run(args.run, Path(args.output_dir or "runs"))
     lenses = [name.strip() for name in args.explain.split(",") if name.strip()] if args.explain else None
     tables = analyze_run(run_dir, lenses, quiet=args.quiet, force=args.force)
@@ -108,9 +106,6 @@ def cmd_analyze(args: argparse.Namespace) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
-    from prunelens.lenses.tickets import compare_runs, plot_layer_density
-    from prunelens.store import atomic_write
-
     runs_root = Path(args.output_dir or "runs")
     run_dirs = [resolve_run(name, runs_root) for name in args.runs]
     if len(run_dirs) < 2:
@@ -123,9 +118,6 @@ def cmd_compare(args: argparse.Namespace) -> None:
     overall = tables["overlap"][tables["overlap"]["layer"] == "all"]
     print_table(overall, f"ticket overlap ({out})")
     if args.reinit:
-        from prunelens.lenses.tickets import compared_round
-        from prunelens.reinit import partial_reinit
-        from prunelens.store import RunStore
 
         r = compared_round([RunStore(d) for d in run_dirs], args.round)
         table = partial_reinit(run_dirs, r, out)
@@ -133,9 +125,6 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 
 def cmd_shrink(args: argparse.Namespace) -> None:
-    from prunelens.export import shrink_round
-    from prunelens.store import round_dir
-
     run_dir = resolve_run(args.run, Path(args.output_dir or "runs"))
     report = shrink_round(run_dir, args.round, batch=args.batch, repeats=args.repeats)
     rows = [

@@ -68,6 +68,9 @@ class PruningConfig(_Section):
     rounds: int = Field(5, ge=0, description="pruning rounds after dense training (not part of the run id)")
     score_iterations: int = Field(1, ge=1, description="prune in this many score→select steps per round (SynFlow: 100)")
     persistent: bool = Field(True, description="keep pruned weights at zero while retraining (False: zero once, seed DEV-S2)")
+    lr_reset: bool = Field(
+        True, description="restart the LR schedule every round (False: continue where the previous round ended; use step/exponential)"
+    )
     prune_classifier: bool = True
     include_bias: bool = False
     include_bn: bool = False

@@ -25,7 +25,7 @@ from prunelens.store import RunStore
 from prunelens.train import seed_everything
 
 MODEL_METRICS = (
-    "density", "density_actual", "density_all", "test_top1", "test_top5", "test_loss", "val_top1", "val_top5", "val_loss", "train_loss",
+    "rate_nominal", "density", "density_actual", "density_all", "test_top1", "test_top5", "test_loss", "val_top1", "val_top5", "val_loss", "train_loss",
     "remaining_params", "nonzero_params", "prunable_params", "total_params", "flops_dense", "flops_effective",
     "train_seconds", "eval_seconds", "prune_seconds", "collapsed",
 )  # fmt: skip
@@ -43,7 +43,7 @@ class RunResult:
 
     def summary(self) -> pd.DataFrame:
         """One row per round: density, accuracy, FLOPs — the accuracy-vs-density table."""
-        cols = ["round", "density", "density_all", "test_top1", "test_top5", "val_top1", "flops_effective", "train_seconds"]
+        cols = ["round", "rate_nominal", "density", "density_all", "test_top1", "test_top5", "val_top1", "flops_effective", "train_seconds"]
         return pd.DataFrame([{c: rec[c] for c in cols} for rec in self.records])
 
 
@@ -117,8 +117,13 @@ def run(cfg: ExperimentConfig, quiet: bool = False) -> RunResult:
         with open_store(cfg) as store:
             records = run_rounds(ctx, store, on_round=lambda done: store.save_table("metrics", tidy(done)))
             if cfg.lenses:
-                analyze(cfg, store, bundle, build, reporter)
+                analyze(cfg, store, bundle, build, reporter, other_seed=lambda: other_seed_run(cfg, quiet))
     return RunResult(cfg.run_dir, records)
+
+
+def other_seed_run(cfg: ExperimentConfig, quiet: bool) -> Path:
+    """The dense round of `cfg` trained from seed + 1 (a run of its own, cached like any other)."""
+    return run(cfg.with_overrides(seed=cfg.seed + 1, pruning={"rounds": 0}, lenses=[]), quiet=quiet).run_dir
 
 
 def load_run_config(run_dir: Path) -> ExperimentConfig:
@@ -139,4 +144,4 @@ def analyze_run(run_dir: Path, lenses: list[str] | None = None, quiet: bool = Fa
     bundle, build = prepare(cfg)
     with Reporter(quiet) as reporter:
         with open_store(cfg, write_config=False) as store:
-            return analyze(cfg, store, bundle, build, reporter, force=force)
+            return analyze(cfg, store, bundle, build, reporter, other_seed=lambda: other_seed_run(cfg, quiet), force=force)

@@ -128,14 +128,31 @@ def measure(ctx: Context, model: nn.Module, masks: MaskSet) -> dict[str, Any]:
     return record
 
 
-def train_round(ctx: Context, r: int, masks: MaskSet, start: int) -> dict[str, float]:
-    """Train round `r` from global step `start` with a fresh optimiser, enforcing `masks` if persistent."""
+def start_step(ctx: Context, r: int, k: int) -> int:
+    """Step round `r` trains from: 0 when fine-tuning (`rewind: none`, r > 0), else the rewind step k."""
+    return 0 if ctx.cfg.pruning.rewind == "none" and r > 0 else k
+
+
+def lr_offset(ctx: Context, r: int, k: int) -> int:
+    """0 when the LR schedule restarts each round; else the steps trained in rounds 0…r−1 minus round r's start,
+    so the schedule continues where the previous round ended."""
+    if ctx.cfg.pruning.lr_reset or r == 0:
+        return 0
+    trained = sum(ctx.steps(q) - start_step(ctx, q, k) for q in range(r))
+    return trained - start_step(ctx, r, k)
+
+
+def train_round(ctx: Context, r: int, masks: MaskSet, k: int) -> dict[str, float]:
+    """Train round `r` with a fresh optimiser, enforcing `masks` if persistent."""
     training = ctx.training(r)
     torch.manual_seed(round_seed(ctx.cfg.seed, r))
-    end = ctx.steps(r)
+    start, end = start_step(ctx, r, k), ctx.steps(r)
     with ctx.reporter.task(f"round {r}/{ctx.cfg.pruning.rounds}", total=max(end - start, 0)) as advance:
         enforced = masks if ctx.cfg.pruning.persistent else None
-        fit = train(ctx.model, ctx.loader(training), training, enforced, start_step=start, end_step=end, progress=advance)
+        fit = train(
+            ctx.model, ctx.loader(training), training, enforced,
+            start_step=start, end_step=end, lr_offset=lr_offset(ctx, r, k), progress=advance,
+        )  # fmt: skip
     if ctx.cfg.pruning.persistent:
         masks.check_zero(ctx.model)
     return fit
@@ -164,10 +181,10 @@ def run_rounds(ctx: Context, store: RunStore, on_round: Callable[[list[dict[str,
             model.load_state_dict(trained)
             masks = prune(model, masks, cfg.pruning, next(iter(ctx.loader(ctx.training(r)).epoch(0))), seed=cfg.seed)
         prune_seconds = time.perf_counter() - began
-        fine_tune = cfg.pruning.rewind == "none" and r > 0
-        rewind(model, trained if fine_tune else theta_start, masks)
-        fit = train_round(ctx, r, masks, start=0 if fine_tune else k)
-        record = {"round": r, **measure(ctx, model, masks), **fit, "prune_seconds": prune_seconds}
+        rewind(model, trained if cfg.pruning.rewind == "none" and r > 0 else theta_start, masks)
+        fit = train_round(ctx, r, masks, k)
+        nominal = 1 - (1 - cfg.pruning.round_fraction) ** r
+        record = {"round": r, "rate_nominal": nominal, **measure(ctx, model, masks), **fit, "prune_seconds": prune_seconds}
         trained = {n: t.detach().clone() for n, t in model.state_dict().items()}
         store.save_tensors(f"{here}/masks.pt", masks.state_dict())
         store.save_tensors(f"{here}/weights.pt", trained)

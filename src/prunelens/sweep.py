@@ -28,6 +28,8 @@ import yaml
 from prunelens import config as config_mod
 from prunelens.config import ExperimentConfig
 from prunelens.errors import PrunelensError
+from prunelens.experiment import run
+from prunelens.lenses.tickets import compare_runs
 from prunelens.store import atomic_write
 
 
@@ -101,8 +103,6 @@ def load(path: str | Path) -> Sweep | ExperimentConfig:
 
 def run_sweep(sweep: Sweep, quiet: bool = False) -> pd.DataFrame:
     """Run every point (resuming finished ones) and write the combined per-round summary table."""
-    from prunelens.experiment import run
-
     frames = []
     for i, point in enumerate(sweep.points, 1):
         if not quiet:
@@ -118,8 +118,6 @@ def run_sweep(sweep: Sweep, quiet: bool = False) -> pd.DataFrame:
 
 def compare_variants(sweep: Sweep) -> None:
     """Ticket overlap across the grid runs of each variant, as `overlap_variant<k>.csv`."""
-    from prunelens.lenses.tickets import compare_runs
-
     for v in sorted({p.variant for p in sweep.points}):
         dirs = [p.cfg.run_dir for p in sweep.points if p.variant == v]
         if len(dirs) > 1:

@@ -65,9 +65,11 @@ def train(
     *,
     start_step: int,
     end_step: int,
+    lr_offset: int = 0,
     progress: Progress | None = None,
 ) -> dict[str, float]:
     """Train from global step `start_step` to `end_step` with a fresh optimiser; pruned weights stay exactly zero.
+    The LR of step s is that of schedule step s + `lr_offset` (a continued schedule); the data order is that of s.
 
     Returns the mean training loss over the last epoch trained and the wall time.
     """
@@ -83,7 +85,7 @@ def train(
         losses = []
         for x, y in loader.epoch(epoch, start=first):
             for group in optimizer.param_groups:
-                group["lr"] = cfg.lr * lr_factor(step, cfg, steps_per_epoch, total)
+                group["lr"] = cfg.lr * lr_factor(step + lr_offset, cfg, steps_per_epoch, total)
             loss = F.cross_entropy(model(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
