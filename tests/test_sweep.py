@@ -1,5 +1,7 @@
 """Sweeps: grid × variants expand to ordinary runs; bad sweep specs are one-line errors."""
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 import yaml
@@ -56,3 +58,19 @@ def test_sweep_runs_and_writes_summary(tmp_path, capsys):
     assert len(table) == 4 and set(table["pruning.scope"]) == {"global", "layerwise"}
     assert table.groupby("run")["density"].min().round(3).tolist() == [0.8, 0.8]
     assert (out / "overlap_variant0.csv").is_file()
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_are_valid(path):
+    """Every shipped config validates, and names only registered datasets, models, methods and lenses."""
+    from prunelens.data import DATASETS
+    from prunelens.lenses import LENSES
+    from prunelens.models import MODELS
+    from prunelens.pruning import check
+
+    loaded = load(path)
+    configs = [p.cfg for p in loaded.points] if isinstance(loaded, Sweep) else [loaded]
+    for cfg in configs:
+        assert cfg.dataset.name in DATASETS and cfg.model.name in MODELS
+        assert all(lens.name in LENSES for lens in cfg.lenses)
+        check(cfg.pruning)
