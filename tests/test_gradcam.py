@@ -20,7 +20,7 @@ from prunelens.data import build_dataset
 from prunelens.errors import PrunelensError
 from prunelens.experiment import analyze_run, run
 from prunelens.lenses import similarity as sim
-from prunelens.lenses.gradcam import GradCAM, correctness, deletion_insertion, find_target_layer
+from prunelens.lenses.gradcam import GradCAM, GradCAMLens, correctness, deletion_insertion, find_target_layer
 from prunelens.models import build_model
 from prunelens.train import make_loader, seed_everything, train
 
@@ -295,3 +295,21 @@ def test_lens_end_to_end_and_cached(tiny):
     again = analyze_run(result.run_dir, quiet=True)["gradcam"]
     assert cached == {p.name: p.stat().st_mtime_ns for p in lens.iterdir() if p.name.startswith("round_")}
     pd.testing.assert_frame_equal(again, table, check_dtype=False)
+
+
+def test_headline_orders_rounds_then_references():
+    table = pd.DataFrame(
+        [
+            {"round": r, "kind": kind, "metric": metric, "value": value}
+            for r, kind, metric, value in [
+                (0, "pruned_vs_dense", "spearman", 1.0), (1, "pruned_vs_dense", "spearman", 0.7),
+                (0, "floor", "spearman", 0.1), (0, "ceiling", "spearman", 0.6),
+                (0, "correctness", "energy_ratio", 3.0), (1, "correctness", "energy_ratio", 3.5),
+                (0, "correctness_floor", "energy_ratio", 1.5), (0, "correctness_ceiling", "energy_ratio", 2.9),
+            ]
+        ]
+    )  # fmt: skip
+    head = GradCAMLens.headline(table)
+    assert head["round"].tolist() == ["0", "1", "floor", "ceiling"]
+    assert head["spearman"].tolist() == [1.0, 0.7, 0.1, 0.6]
+    assert head["energy_ratio"].tolist() == [3.0, 3.5, 1.5, 2.9]

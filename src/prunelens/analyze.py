@@ -104,6 +104,12 @@ def load_round(store: RunStore, build: ModelFactory, r: int, device: str) -> tup
     return model.to(device).eval(), masks.to(device), store.load_json(f"{round_dir(r)}/metrics.json")
 
 
+def headlines(tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """Each lens' per-round key numbers, from its long table (for lenses that define `headline`)."""
+    out = {name: LENSES.get(name).headline(table) for name, table in tables.items()}
+    return {name: table for name, table in out.items() if table is not None}
+
+
 def analyze(
     cfg: ExperimentConfig,
     store: RunStore,

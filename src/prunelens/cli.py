@@ -16,6 +16,7 @@ from rich.table import Table
 from prunelens import config as config_mod
 from prunelens.data import DATASETS
 from prunelens.errors import PrunelensError
+from prunelens.analyze import headlines
 from prunelens.experiment import analyze_run, run
 from prunelens.export import shrink_round
 from prunelens.lenses import LENSES
@@ -72,6 +73,8 @@ def cmd_run(args: argparse.Namespace) -> None:
     cfg = loaded.with_overrides(**changes) if changes else loaded
     result = run(cfg, quiet=args.quiet)
     print_table(summary_frame(result.table), f"{cfg.name}: accuracy vs density ({result.run_dir})")
+    for name, table in headlines(result.lenses).items():
+        print_table(table, f"{name}: explanations vs density (all numbers: {result.run_dir / f'lens_{name}.csv'})")
 
 
 def cmd_list(args: argparse.Namespace) -> None:
@@ -80,11 +83,13 @@ def cmd_list(args: argparse.Namespace) -> None:
 
 
 def resolve_run(name: str, output_dir: Path) -> Path:
-    """A run directory given as a path, a directory name under `output_dir`, or a unique prefix of its hash."""
+    """A run directory given as a path, a directory name under `output_dir`, an experiment name with a single
+    run, or a unique prefix of its hash."""
     path = Path(name)
     if (path / "manifest.json").is_file():
         return path
-    matches = [p for p in output_dir.glob("*") if (p / "manifest.json").is_file() and (p.name == name or p.name.split("-")[-1].startswith(name))]
+    runs = [p for p in output_dir.glob("*") if (p / "manifest.json").is_file()]
+    matches = [p for p in runs if name in (p.name, p.name.rsplit("-", 1)[0]) or p.name.rsplit("-", 1)[-1].startswith(name)]
     if len(matches) != 1:
         raise PrunelensError(f"run {name!r}: {'no such run' if not matches else 'ambiguous'} (looked in {output_dir})")
     return matches[0]
@@ -101,8 +106,8 @@ def cmd_analyze(args: argparse.Namespace) -> None:
     run_dir = resolve_run(args.run, Path(args.output_dir or "runs"))
     lenses = [name.strip() for name in args.explain.split(",") if name.strip()] if args.explain else None
     tables = analyze_run(run_dir, lenses, quiet=args.quiet, force=args.force)
-    for name, table in tables.items():
-        print(f"{name}: {len(table)} records -> {run_dir / f'lens_{name}.csv'}")
+    for name, table in headlines(tables).items():
+        print_table(table, f"{name}: explanations vs density (all numbers: {run_dir / f'lens_{name}.csv'})")
 
 
 def cmd_compare(args: argparse.Namespace) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ MODEL_METRICS = (
 class RunResult:
     run_dir: Path
     records: list[dict[str, Any]]
+    lenses: dict[str, pd.DataFrame] = field(default_factory=dict)  # lens name → its long table
 
     @property
     def table(self) -> pd.DataFrame:
@@ -116,14 +117,14 @@ def run(cfg: ExperimentConfig, quiet: bool = False) -> RunResult:
         check_schedule(cfg, model, min(ctx.steps(0), ctx.steps(1)))
         with open_store(cfg) as store:
             records = run_rounds(ctx, store, on_round=lambda done: store.save_table("metrics", tidy(done)))
-            if cfg.lenses:
-                analyze(cfg, store, bundle, build, reporter, other_seed=lambda: other_seed_run(cfg, quiet))
-    return RunResult(cfg.run_dir, records)
+            lenses = analyze(cfg, store, bundle, build, reporter, other_seed=lambda: other_seed_run(cfg, quiet)) if cfg.lenses else {}
+    return RunResult(cfg.run_dir, records, lenses)
 
 
 def other_seed_run(cfg: ExperimentConfig, quiet: bool) -> Path:
     """The dense round of `cfg` trained from seed + 1 (a run of its own, cached like any other)."""
-    return run(cfg.with_overrides(seed=cfg.seed + 1, pruning={"rounds": 0}, lenses=[]), quiet=quiet).run_dir
+    other = cfg.with_overrides(name=f"{cfg.name}-ceiling", seed=cfg.seed + 1, pruning={"rounds": 0}, lenses=[])
+    return run(other, quiet=quiet).run_dir
 
 
 def load_run_config(run_dir: Path) -> ExperimentConfig:

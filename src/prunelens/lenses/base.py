@@ -70,5 +70,10 @@ class Lens(ABC):
         """Figures across rounds from the lens' long table of all rounds (default: none)."""
         return {}
 
+    @classmethod
+    def headline(cls, table: pd.DataFrame) -> pd.DataFrame | None:
+        """A few key numbers per round for the terminal (default: none)."""
+        return None
+
 
 LENSES: Registry[type[Lens]] = Registry("lens")

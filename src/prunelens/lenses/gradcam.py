@@ -474,6 +474,26 @@ class GradCAMLens(Lens):
         return figures
 
 
+    @classmethod
+    def headline(cls, table: pd.DataFrame) -> pd.DataFrame:
+        """Per round: consistency with the dense maps and correctness against the object masks, with the
+        floor (random model) and ceiling (other seed) as extra rows."""
+        wanted = {"pruned_vs_dense": ["spearman", "iou_thr"], "correctness": ["energy_ratio", "pointing_game"]}
+        refs = {"floor": "pruned_vs_dense", "ceiling": "pruned_vs_dense", "correctness_floor": "correctness",
+                "correctness_ceiling": "correctness"}  # fmt: skip
+        rows = table[table["kind"].isin([*wanted, *refs])].copy()
+        rows["row"] = rows["round"].astype(str)
+        for ref, kind in refs.items():
+            hit = rows["kind"] == ref
+            rows.loc[hit, "row"] = ref.removeprefix("correctness_")
+            rows.loc[hit, "kind"] = kind
+        rows = rows[[m in wanted.get(k, []) for k, m in zip(rows["kind"], rows["metric"])]]
+        wide = rows.pivot_table(index="row", columns=["kind", "metric"], values="value", sort=False)
+        wide.columns = [metric for _, metric in wide.columns]
+        order = sorted(wide.index, key=lambda row: (not row.isdigit(), int(row) if row.isdigit() else row != "floor"))
+        return wide.loc[order].rename_axis("round").reset_index()
+
+
 # ---------------------------------------------------------------- figures
 
 
