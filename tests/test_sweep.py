@@ -57,7 +57,8 @@ def test_sweep_runs_and_writes_summary(tmp_path, capsys):
     table = pd.read_csv(out / "summary.csv")
     assert len(table) == 4 and set(table["pruning.scope"]) == {"global", "layerwise"}
     assert table.groupby("run")["density"].min().round(3).tolist() == [0.8, 0.8]
-    assert (out / "overlap_variant0.csv").is_file()
+    jaccard = pd.read_csv(out / "jaccard_variant0.csv")
+    assert set(jaccard["a"]) | set(jaccard["b"]) == {"pruning.scope=global", "pruning.scope=layerwise"}
 
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.name)

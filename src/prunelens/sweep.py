@@ -119,7 +119,8 @@ def run_sweep(sweep: Sweep, quiet: bool = False) -> pd.DataFrame:
 def compare_variants(sweep: Sweep) -> None:
     """Ticket overlap across the grid runs of each variant, as `overlap_variant<k>.csv`."""
     for v in sorted({p.variant for p in sweep.points}):
-        dirs = [p.cfg.run_dir for p in sweep.points if p.variant == v]
-        if len(dirs) > 1:
-            for name, frame in compare_runs(dirs).items():
+        points = [p for p in sweep.points if p.variant == v]
+        if len(points) > 1:
+            labels = [" ".join(f"{k}={val}" for k, val in p.labels.items()) or p.cfg.run_dir.name for p in points]
+            for name, frame in compare_runs([p.cfg.run_dir for p in points], labels=labels).items():
                 atomic_write(sweep.out_dir / f"{name}_variant{v}.csv", frame.to_csv(index=False).encode())

@@ -254,17 +254,18 @@ def _per_run(labels: Sequence[str], frames: Sequence[pd.DataFrame]) -> pd.DataFr
     return pd.concat([f.assign(run=label)[["run", *f.columns]] for label, f in zip(labels, frames)], ignore_index=True)
 
 
-def compare_runs(run_dirs: Sequence[Path], round: int | None = None) -> dict[str, pd.DataFrame]:
+def compare_runs(run_dirs: Sequence[Path], round: int | None = None, labels: Sequence[str] | None = None) -> dict[str, pd.DataFrame]:
     """Compare the tickets of `run_dirs` at `round` (default: the last round all runs finished).
 
     Tables: `overlap` and `jaccard` of the tickets at that round; per run, over its rounds 0…round:
     `stability` (weights in vs out of the common overlap O), `collapse` (empty layers, path test) and
     `density` (per-layer vs global density, for `plot_layer_density`). Runs must share parameter names and shapes.
+    `labels` name the runs in the tables (default: their directory names).
     """
     if not run_dirs:
         raise PrunelensError("compare: no runs given")
     stores = [RunStore(Path(d)) for d in run_dirs]
-    labels = _run_labels(run_dirs)
+    labels = list(labels) if labels is not None else _run_labels(run_dirs)
     r = compared_round(stores, round)
     tickets = [_masks(s, r) for s in stores]
     common = intersection(tickets, [str(s.root) for s in stores])
