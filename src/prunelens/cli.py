@@ -139,6 +139,8 @@ def cmd_shrink(args: argparse.Namespace) -> None:
         for kind in ("masked", "shrunk")
     ]  # fmt: skip
     print_table(pd.DataFrame(rows), f"round {report['round']}: masked (simulated) vs shrunk (physical), batch {args.batch}")
+    if report["shrunk"]["params"] == report["masked"]["params"]:
+        print("no whole filter or input channel is pruned: unstructured sparsity cannot be removed physically")
     print(f"measured speed-up: {report['latency']['speedup']:.2f}x; model saved as {run_dir / round_dir(report['round']) / 'shrunk.pt2'}")
 
 
