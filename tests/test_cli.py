@@ -217,3 +217,9 @@ def test_shrink_command_exports_equal_smaller_model(tmp_path, capsys):
     model, _ = load_round_model(cfg.run_dir, 1)
     x = torch.randn(4, 3, 16, 16)
     assert torch.allclose(program.module()(x), model(x), atol=1e-5)
+
+
+def test_control_command(finished, capsys):
+    cfg, _ = finished
+    assert main(["control", str(cfg.run_dir), "--kind", "random_prune", "-q"]) == 0
+    assert "random_prune_test_top1" in capsys.readouterr().out

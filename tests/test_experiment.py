@@ -114,3 +114,28 @@ def test_lr_offset_continues_the_schedule(rewind, expected):
     assert [lr_offset(ctx, r, k) for r in range(4)] == expected
     reset = SimpleNamespace(cfg=SimpleNamespace(pruning=PruningConfig(rewind=rewind, rewind_step=3)), steps=lambda r: 10)
     assert [lr_offset(reset, r, k) for r in range(4)] == [0, 0, 0, 0]
+
+
+def test_random_masks_keep_per_layer_counts():
+    from prunelens.controls import random_masks
+
+    masks = MaskSet({"a": torch.rand(20, 30) > 0.7, "b": torch.rand(50) > 0.2})
+    shuffled = random_masks(masks, seed=3)
+    assert all(int(shuffled[n].sum()) == int(masks[n].sum()) for n in masks)
+    assert not torch.equal(shuffled["a"], masks["a"])
+    assert all(torch.equal(shuffled[n], random_masks(masks, seed=3)[n]) for n in masks)
+
+
+@pytest.mark.parametrize("kind", ["random_reinit", "random_prune"])
+def test_controls_train_per_round_and_cache(tiny, kind):
+    from prunelens.controls import run_controls
+
+    result = run(tiny(), quiet=True)
+    table = run_controls(result.run_dir, kind, quiet=True)
+    assert table["round"].tolist() == [1, 2]
+    assert table["ticket_test_top1"].tolist() == [rec["test_top1"] for rec in result.records[1:]]
+    stored = RunStore(result.run_dir).load_json(f"controls/{kind}/round_001.json")
+    assert stored["density"] == pytest.approx(result.records[1]["density"])  # same per-layer counts
+    stamp = (result.run_dir / f"controls/{kind}/round_001.json").stat().st_mtime_ns
+    assert run_controls(result.run_dir, kind, quiet=True).equals(table)
+    assert (result.run_dir / f"controls/{kind}/round_001.json").stat().st_mtime_ns == stamp

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from prunelens import config as config_mod
+from prunelens.controls import KINDS, run_controls
 from prunelens.data import DATASETS
 from prunelens.errors import PrunelensError
 from prunelens.analyze import headlines
@@ -144,6 +145,12 @@ def cmd_shrink(args: argparse.Namespace) -> None:
     print(f"measured speed-up: {report['latency']['speedup']:.2f}x; model saved as {run_dir / round_dir(report['round']) / 'shrunk.pt2'}")
 
 
+def cmd_control(args: argparse.Namespace) -> None:
+    run_dir = resolve_run(args.run, Path(args.output_dir or "runs"))
+    table = run_controls(run_dir, args.kind, quiet=args.quiet)
+    print_table(table, f"ticket vs {args.kind} control ({run_dir / f'controls_{args.kind}.csv'})")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="prunelens", description="Pruning × explanations, end to end.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -175,6 +182,12 @@ def parser() -> argparse.ArgumentParser:
     shrink.add_argument("--repeats", type=int, default=20)
     shrink.add_argument("--output-dir", help="where to look for RUN (default: runs)")
     shrink.set_defaults(func=cmd_shrink)
+    control = sub.add_parser("control", help="lottery-ticket controls: random re-initialisation or random pruning")
+    control.add_argument("run", help="run directory, its name, or a prefix of its hash")
+    control.add_argument("--kind", choices=KINDS, default="random_reinit")
+    control.add_argument("--output-dir", help="where to look for RUN (default: runs)")
+    control.add_argument("-q", "--quiet", action="store_true")
+    control.set_defaults(func=cmd_control)
     sub.add_parser("list", help="datasets, models, pruning methods and lenses").set_defaults(func=cmd_list)
     show = sub.add_parser("show", help="per-round table of a run")
     show.add_argument("run", help="run directory, its name, or a prefix of its hash")
