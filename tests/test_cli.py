@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from test_experiment import assert_same, outcome
 
 from prunelens.cli import main
 from prunelens.store import RunStore
-from test_experiment import assert_same, outcome
 
 
 def snapshot(root: Path) -> dict[str, str]:

@@ -1,6 +1,5 @@
 """Masks and the pruning core against hand-computed masks and torch.nn.utils.prune."""
 
-import math
 
 import pytest
 import torch

@@ -8,7 +8,6 @@ import torch
 from torch import nn
 
 from prunelens.errors import PrunelensError
-from prunelens.masks import MaskSet
 from prunelens.experiment import run
 from prunelens.lenses.tickets import (
     compare_runs,
@@ -21,6 +20,7 @@ from prunelens.lenses.tickets import (
     stability_summary,
     weight_stability,
 )
+from prunelens.masks import MaskSet
 from prunelens.pruning.collapse import collapse_report, empty_layers, has_path
 
 

@@ -14,10 +14,10 @@ from rich.console import Console
 from rich.table import Table
 
 from prunelens import config as config_mod
+from prunelens.analyze import headlines
 from prunelens.controls import KINDS, run_controls
 from prunelens.data import DATASETS
 from prunelens.errors import PrunelensError
-from prunelens.analyze import headlines
 from prunelens.experiment import analyze_run, run
 from prunelens.export import shrink_round
 from prunelens.lenses import LENSES

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from prunelens import config as config_mod
-from prunelens.config import ExperimentConfig
 from prunelens.analyze import analyze
+from prunelens.config import ExperimentConfig
 from prunelens.data import DataBundle, build_dataset
 from prunelens.errors import PrunelensError
 from prunelens.lenses import LENSES
@@ -143,6 +143,5 @@ def analyze_run(run_dir: Path, lenses: list[str] | None = None, quiet: bool = Fa
     if not cfg.lenses:
         raise PrunelensError(f"{run_dir}: no lenses to run (pass --explain NAME[,NAME])")
     bundle, build = prepare(cfg)
-    with Reporter(quiet) as reporter:
-        with open_store(cfg, write_config=False) as store:
-            return analyze(cfg, store, bundle, build, reporter, other_seed=lambda: other_seed_run(cfg, quiet), force=force)
+    with Reporter(quiet) as reporter, open_store(cfg, write_config=False) as store:
+        return analyze(cfg, store, bundle, build, reporter, other_seed=lambda: other_seed_run(cfg, quiet), force=force)

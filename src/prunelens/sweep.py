@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from prunelens import config as config_mod
 from prunelens.config import ExperimentConfig

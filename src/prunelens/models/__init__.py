@@ -8,8 +8,8 @@ from __future__ import annotations
 from torch import nn
 
 from prunelens.config import ModelConfig
-from prunelens.models import small, zoo
 from prunelens.masks import classifier_name
+from prunelens.models import small, zoo
 from prunelens.models.base import MODELS, load_into, load_state_file, resolve_options
 from prunelens.models.zoo import EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD
 
