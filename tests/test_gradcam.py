@@ -313,3 +313,20 @@ def test_headline_orders_rounds_then_references():
     assert head["round"].tolist() == ["0", "1", "floor", "ceiling"]
     assert head["spearman"].tolist() == [1.0, 0.7, 0.1, 0.6]
     assert head["energy_ratio"].tolist() == [3.0, 3.5, 1.5, 2.9]
+
+
+def test_jensen_shannon_matches_scipy():
+    from scipy.spatial.distance import jensenshannon
+
+    from prunelens.lenses.similarity import jensen_shannon
+
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.rand(5, 4, 4, generator=gen), torch.rand(5, 4, 4, generator=gen)
+    a[0, :2] = 0  # zeros in one map
+    ours = jensen_shannon(a, b)
+    for i in range(5):
+        assert float(ours[i]) == pytest.approx(jensenshannon(a[i].flatten().numpy(), b[i].flatten().numpy()) ** 2, abs=1e-6)
+    disjoint = torch.zeros(2, 2, 2)
+    disjoint[0, 0, 0] = disjoint[1, 1, 1] = 1.0
+    assert float(jensen_shannon(disjoint[:1], disjoint[1:])[0]) == pytest.approx(math.log(2))
+    assert float(jensen_shannon(a, a).abs().max()) < 1e-12

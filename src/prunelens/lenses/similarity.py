@@ -160,6 +160,25 @@ def com_shift(a: Tensor, b: Tensor, scale: tuple[float, float] = (1.0, 1.0)) -> 
     return delta.norm(dim=1)
 
 
+def distribution(maps: Tensor) -> Tensor:
+    """(B, n) maps as distributions over the grid: shifted by their minimum when it is negative (signed maps
+    such as the seed variant's; METHODS §7.1), then divided by their sum."""
+    x = flat(maps).double()
+    x = x - x.min(dim=1, keepdim=True).values.clamp(max=0)
+    return x / x.sum(dim=1, keepdim=True)
+
+
+def jensen_shannon(a: Tensor, b: Tensor) -> Tensor:
+    """JS(P, Q) = ½ KL(P‖M) + ½ KL(Q‖M), M = (P + Q)/2, natural log (0 for equal maps, ln 2 for disjoint ones)."""
+    p, q = distribution(a), distribution(b)
+    m = (p + q) / 2
+
+    def kl(x: Tensor) -> Tensor:
+        return torch.where(x > 0, x * (x / m).log(), torch.zeros_like(x)).sum(dim=1)
+
+    return (kl(p) + kl(q)) / 2
+
+
 def compare(a: Tensor, b: Tensor, input_size: tuple[int, int] | None = None, pointing_k: float = 0.10) -> dict[str, Tensor]:
     """Every pixel-level metric of METHODS §7.2 for pairs (a_i, b_i) on the native grid, NaN for degenerate
     pairs. Pointing agreement uses T_k with k = `pointing_k`; `com_shift_px` needs `input_size` (H, W)."""
@@ -169,12 +188,14 @@ def compare(a: Tensor, b: Tensor, input_size: tuple[int, int] | None = None, poi
         **{f"iou_top{round(100 * k)}": iou(topk_mask(a, k), topk_mask(b, k)) for k in TOPK},
         **{f"dice_top{round(100 * k)}": dice(topk_mask(a, k), topk_mask(b, k)) for k in TOPK},
         "spearman": spearman(a, b),
+        "spearman_abs": spearman(a, b, absolute=True),
         "pearson": pearson(a, b),
         "cosine": cosine(a, b),
         "ssim": ssim(a, b),
         "pointing_ab": pointing(a, topk_mask(b, pointing_k)),
         "pointing_ba": pointing(b, topk_mask(a, pointing_k)),
         "com_shift": com_shift(a, b),
+        "jensen_shannon": jensen_shannon(a, b),
     }
     out["pointing"] = (out["pointing_ab"] + out["pointing_ba"]) / 2
     if input_size is not None:
