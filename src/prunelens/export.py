@@ -14,9 +14,8 @@ from typing import Any
 
 import torch
 
-from prunelens.analyze import eval_batch
+from prunelens.analyze import eval_batch, load_round
 from prunelens.experiment import load_run_config, prepare
-from prunelens.lenses.tickets import load_round_model
 from prunelens.pruning.shrink import compare_latency, footprint, shrink
 from prunelens.store import RunStore, round_dir
 
@@ -26,8 +25,8 @@ def shrink_round(run_dir: Path, r: int | None = None, batch: int = 32, repeats: 
     store = RunStore(run_dir)
     r = store.rounds_done()[-1] if r is None else r
     cfg = load_run_config(run_dir)
-    bundle, _ = prepare(cfg)
-    model, masks = load_round_model(run_dir, r)
+    bundle, build = prepare(cfg)
+    model, masks, _ = load_round(store, build, r, "cpu")
     example = eval_batch(bundle, batch, "cpu").images
     small = shrink(model, masks, example).eval()
     report = {

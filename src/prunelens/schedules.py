@@ -169,11 +169,12 @@ def run_rounds(ctx: Context, store: RunStore, on_round: Callable[[list[dict[str,
     for r in range(cfg.pruning.rounds + 1):
         here = round_dir(r)
         if r in done:
-            masks = MaskSet(store.load_tensors(f"{here}/masks.pt"))
-            trained = store.load_tensors(f"{here}/weights.pt")
             records.append(store.load_json(f"{here}/metrics.json"))
             ctx.reporter.log(f"round {r}: finished earlier, skipped")
             continue
+        if r > 0 and trained is None:  # resuming: only the last finished round's state is needed
+            masks = MaskSet(store.load_tensors(f"{round_dir(r - 1)}/masks.pt"))
+            trained = store.load_tensors(f"{round_dir(r - 1)}/weights.pt")
         began = time.perf_counter()
         if r == 0:
             masks = MaskSet.ones(model, ctx.names)
