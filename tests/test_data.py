@@ -21,7 +21,7 @@ RNG = np.random.default_rng(0)
 
 
 def build(name: str, root: Path | None = None, seed: int = 0, **fields) -> object:
-    return build_dataset(DatasetConfig(name=name, root=root, **fields), seed)
+    return build_dataset(DatasetConfig(name=name, root=root, seed=seed, **fields))
 
 
 def all_classes_in(split: TensorSplit, k: int) -> bool:

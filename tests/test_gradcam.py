@@ -231,7 +231,7 @@ def trained():
     torch.set_num_threads(1)
     try:
         options = {"n_train": 2000, "n_val": 10, "n_test": 64}
-        bundle = build_dataset(DatasetConfig(name="shapes", image_size=16, options=options), 0)
+        bundle = build_dataset(DatasetConfig(name="shapes", image_size=16, options=options))
         seed_everything(0)
         arch = ModelConfig(name="cifar_resnet", options={"depth": 8, "width": 8})
         model, untrained = (build_model(arch, 10, 3, (16, 16)) for _ in range(2))

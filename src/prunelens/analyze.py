@@ -1,154 +1,139 @@
-"""Run explanation lenses on the rounds of a stored run, caching each (lens, round) in the run store.
+"""Run lenses on the rounds of a run, caching each (lens, round) in the run (docs/extending.md).
 
-`analyze(cfg)` needs no retraining: models are rebuilt from the stored weights and masks. Results live under
-`lenses/<lens>[-<options hash>]/`: `round_NNN.json` (records), `round_NNN.pt` (tensors), `round_NNN_<fig>.png`,
-plus the long table `lens_<lens>.{csv,parquet}` over all rounds and the lens' summary figures.
+`lenses/<key>/` holds `lens.json` (name, version, options), `setup.{json,pt}` (the lens on the dense
+network), `round_NNN.{json,pt}` and the figures; `lens_<key>.{csv,parquet}` is the long table over all
+rounds (setup records count as round 0's). `<key>` is the lens name, plus a hash of its options when they
+differ from the defaults, so several configurations of one lens coexist in a run. Results of another lens
+version are recomputed. Rounds are analysed independently, so their order never changes a result.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pandas as pd
-import torch
 from torch import nn
 
-from prunelens.config import ExperimentConfig, LensConfig
-from prunelens.data import DataBundle
-from prunelens.data.loader import Loader
+from prunelens.config import LensConfig
 from prunelens.errors import PrunelensError
-from prunelens.lenses import LENSES
-from prunelens.lenses.base import Lens, LensBatch, LensInput, LensResult
-from prunelens.masks import MaskSet
+from prunelens.faults import killpoint
+from prunelens.lenses.base import Cache, Lens, LensContext, LensResult, LensRound, options_key
+from prunelens.lenses.data import LensData
 from prunelens.progress import Reporter
-from prunelens.store import RunStore, round_dir
-from prunelens.train import seed_everything
-
-ModelFactory = Callable[[], nn.Module]
+from prunelens.report.figures import LENS_FIGURES, LensView, png
+from prunelens.runs import Run, lens_file
 
 
-def lens_dir(spec: LensConfig) -> str:
-    if not spec.options:
-        return f"lenses/{spec.name}"
-    digest = hashlib.sha256(json.dumps(spec.options, sort_keys=True).encode()).hexdigest()[:8]
-    return f"lenses/{spec.name}-{digest}"
+@dataclass(frozen=True)
+class LensTable:
+    """A lens' long table in a run: `key` names its files, `name` the lens."""
+
+    key: str
+    name: str
+    table: pd.DataFrame
 
 
-def eval_batch(bundle: DataBundle, n: int, device: str) -> LensBatch:
-    """The first `n` test images (fixed across rounds), normalised, with their extras and 0–1 pixels."""
-    test = bundle.test
-    if not hasattr(test, "images"):
-        images, labels = zip(*(test.dataset[i] for i in range(min(n, len(test)))))
-        x = torch.stack(images).to(device)
-        std = torch.tensor(bundle.std, device=device).view(1, -1, 1, 1)
-        pixels = x * std + torch.tensor(bundle.mean, device=device).view(1, -1, 1, 1)
-        return LensBatch(x, torch.tensor(labels, device=device), pixels.clamp(0, 1), {}, bundle.class_names)
-    part = test.subset(torch.arange(min(n, len(test)))).to(device)
-    loader = Loader(part, n, mean=bundle.mean, std=bundle.std, device=device)
-    x = loader.normalise(part.images)
-    pixels = part.images.float() / 255 if part.images.dtype == torch.uint8 else part.images.float()
-    return LensBatch(x, part.labels, pixels, dict(part.extras), bundle.class_names)
+def lens_key(lens: Lens) -> str:
+    """`<name>`, or `<name>-<hash of the non-default options>`."""
+    options = options_key(lens)
+    if not options:
+        return lens.name
+    return f"{lens.name}-{hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:8]}"
 
 
-def figure_png(figure: Any) -> bytes:
-    import matplotlib.pyplot as plt
+def stored_lenses(run: Run) -> list[LensConfig]:
+    """The lens configurations whose results a run holds (from their `lens.json`)."""
+    specs = []
+    for rel in sorted(run.store.manifest):
+        if rel.startswith("lenses/") and rel.endswith("/lens.json") and run.store.has(rel):
+            info = run.store.load_json(rel)
+            specs.append(LensConfig(name=info["name"], options=info["options"]))
+    return specs
 
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(figure)
-    return buffer.getvalue()
 
-
-def save_result(store: RunStore, stem: str, result: LensResult) -> None:
-    """Tensors and figures first, records last: the records file marks the (lens, round) as done."""
+def save_result(run: Run, key: str, stem: str, result: LensResult) -> None:
+    """Tensors first, the JSON (records, artefacts) last: it marks the result as done."""
     if result.tensors:
-        store.save_tensors(f"{stem}.pt", result.tensors)
-    for name, figure in result.figures.items():
-        store.write(f"{stem}_{name}.png", figure_png(figure))
-    store.save_json(f"{stem}.json", result.records)
+        run.store.save_tensors(lens_file(key, f"{stem}.pt"), result.tensors)
+    run.store.save_json(lens_file(key, f"{stem}.json"), {"records": result.records, "artefacts": result.artefacts})
 
 
-class References:
-    """Reference models for floors and ceilings, built lazily once per analysis. `other_seed` returns the
-    run directory of a dense model trained from another seed (the experiment provides it)."""
-
-    def __init__(self, cfg: ExperimentConfig, build: ModelFactory, other_seed: Callable[[], Path]) -> None:
-        self.cfg, self.build, self.other_seed = cfg, build, other_seed
-        self._cache: dict[str, nn.Module] = {}
-
-    def __call__(self, kind: str) -> nn.Module:
-        if kind not in self._cache:
-            self._cache[kind] = self._make(kind).eval()
-        return self._cache[kind]
-
-    def _make(self, kind: str) -> nn.Module:
-        if kind == "random":
-            seed_everything(self.cfg.seed + 10_000)
-            return self.build()
-        if kind == "other_seed":
-            model = self.build()
-            model.load_state_dict(RunStore(self.other_seed()).load_tensors(f"{round_dir(0)}/weights.pt"))
-            return model
-        raise ValueError(f"unknown reference model {kind!r} (known: random, other_seed)")
+def load_result(run: Run, key: str, stem: str) -> LensResult:
+    stored = run.store.load_json(lens_file(key, f"{stem}.json"))
+    tensors = run.store.load_tensors(lens_file(key, f"{stem}.pt")) if run.store.has(lens_file(key, f"{stem}.pt")) else {}
+    return LensResult(stored["records"], tensors, stored["artefacts"])
 
 
-def load_round(store: RunStore, build: ModelFactory, r: int, device: str) -> tuple[nn.Module, MaskSet, dict[str, Any]]:
-    model = build()
-    model.load_state_dict(store.load_tensors(f"{round_dir(r)}/weights.pt"))
-    masks = MaskSet(store.load_tensors(f"{round_dir(r)}/masks.pt"))
-    return model.to(device).eval(), masks.to(device), store.load_json(f"{round_dir(r)}/metrics.json")
-
-
-def headlines(tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
-    """Each lens' per-round key numbers, from its long table (for lenses that define `headline`)."""
-    out = {name: LENSES.get(name).headline(table) for name, table in tables.items()}
-    return {name: table for name, table in out.items() if table is not None}
+def refresh(run: Run, lens: Lens, key: str, force: bool) -> None:
+    """Forget results of another lens version (or all, with `force`), then record what the directory holds."""
+    info = {"name": lens.name, "version": lens.version, "options": options_key(lens)}
+    where = lens_file(key, "lens.json")
+    current = run.store.has(where) and run.store.load_json(where) == info
+    if force or not current:
+        run.store.forget([rel for rel in run.store.manifest if rel.startswith(f"lenses/{key}/")])
+    run.store.save_json(where, info)
 
 
 def analyze(
-    cfg: ExperimentConfig,
-    store: RunStore,
-    bundle: DataBundle,
-    build: ModelFactory,
+    run: Run,
+    lenses: Sequence[Lens],
+    data: LensData,
+    references: Mapping[str, nn.Module],
+    cache: Cache,
+    seed: int,
     reporter: Reporter,
-    other_seed: Callable[[], Path],
     force: bool = False,
-) -> dict[str, pd.DataFrame]:
-    """Run every lens of `cfg.lenses` on every finished round; returns each lens' long table.
-    `other_seed()` gives the run directory of the same dense model trained from another seed (the ceiling)."""
-    rounds = store.rounds_done()
+) -> list[LensTable]:
+    """Every lens on every finished round of `run` (held for writing); returns their long tables."""
+    rounds = run.rounds()
     if not rounds or rounds[0] != 0:
-        raise PrunelensError(f"{store.root}: no finished dense round 0 to analyse")
-    batch = eval_batch(bundle, cfg.lens_images, cfg.device)
-    references = References(cfg, build, other_seed)
-    dense = None
-    tables = {}
-    for spec in cfg.lenses:
-        lens: Lens = LENSES.get(spec.name)(**spec.options)
-        where = lens_dir(spec)
-        with reporter.task(f"lens {spec.name}", total=len(rounds)) as advance:
+        raise PrunelensError(f"{run.root}: no finished dense round 0 to analyse")
+    dense = run.round(0).model(data.device)
+    out = []
+    for lens in lenses:
+        key = lens_key(lens)
+        refresh(run, lens, key, force)
+        ctx = LensContext(data, dense, {k: references[k] for k in lens.references()}, cache, seed)
+        if not run.store.has(lens_file(key, "setup.json")):
+            save_result(run, key, "setup", lens.setup(ctx))
+        ctx = replace(ctx, dense_result=load_result(run, key, "setup"))
+        with reporter.task(f"lens {key}", total=len(rounds)) as advance:
             for r in rounds:
-                stem = f"{where}/round_{r:03d}"
-                if force or not store.has(f"{stem}.json"):
-                    if dense is None:
-                        dense = load_round(store, build, 0, cfg.device)[0]
-                    model, masks, metrics = load_round(store, build, r, cfg.device)
-                    inp = LensInput(r, dense, model, masks, batch, metrics["density"], references)
-                    save_result(store, stem, lens(inp))
+                if not run.store.has(lens_file(key, f"round_{r:03d}.json")):
+                    view = run.round(r)
+                    rnd = LensRound(r, view.model(data.device), view.masks().to(data.device), view.record()["density"])
+                    result = lens(ctx, rnd)
+                    killpoint("lens.round")
+                    save_result(run, key, f"round_{r:03d}", result)
                 advance(1)
-        rows = []
-        for r in rounds:
-            density = store.load_json(f"{round_dir(r)}/metrics.json")["density"]
-            rows += [{"round": r, "density": density, **rec} for rec in store.load_json(f"{where}/round_{r:03d}.json")]
-        table = pd.DataFrame(rows)
-        store.save_table(f"lens_{spec.name}", table)
-        for name, figure in lens.summarize(table).items():
-            store.write(f"{where}/summary_{name}.png", figure_png(figure))
-        tables[spec.name] = table
-        reporter.log(f"lens {spec.name}: {len(rows)} records over {len(rounds)} rounds")
-    return tables
+        table = lens_table(run, key, rounds)
+        run.store.save_table(f"lens_{key}", table)
+        draw_figures(run, lens.name, key, table)
+        reporter.log(f"lens {key}: {len(table)} records over {len(rounds)} rounds")
+        out.append(LensTable(key, lens.name, table))
+    return out
+
+
+def lens_table(run: Run, key: str, rounds: Sequence[int]) -> pd.DataFrame:
+    """The long table: setup records (as round 0) and every round's records, each with the round's density."""
+    rows: list[dict[str, Any]] = []
+    for r in rounds:
+        density = run.round(r).record()["density"]
+        stems = ["setup", f"round_{r:03d}"] if r == 0 else [f"round_{r:03d}"]
+        for stem in stems:
+            rows += [{"round": r, "density": density, **rec} for rec in run.store.load_json(lens_file(key, f"{stem}.json"))["records"]]
+    return pd.DataFrame(rows)
+
+
+def draw_figures(run: Run, name: str, key: str, table: pd.DataFrame) -> None:
+    """The lens' figures, drawn from its stored results (`report/figures.py`), as PNGs in its directory."""
+    if name not in LENS_FIGURES:
+        return
+    setup = load_result(run, key, "setup")
+    view = LensView(table, setup.tensors, setup.artefacts, lambda r: load_result(run, key, f"round_{r:03d}").tensors)
+    for figure_name, figure in LENS_FIGURES[name](view).items():
+        run.store.write(lens_file(key, f"{figure_name}.png"), png(figure))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -11,6 +13,15 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from prunelens.errors import PrunelensError
+
+FORMAT = 2
+"""Version of the run layout and seeding scheme; part of every run id (runs of format 1 stay readable)."""
+MAX_SEED = 2**32 - 1
+NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+"""A run name: one plain file-name component of letters, digits, `.`, `_`, `-` (at most 100 characters)."""
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_VALUES = 100_000
+MAX_CONFIG_DEPTH = 32
 
 
 def _open_unit(value: float) -> float:
@@ -23,14 +34,24 @@ OpenUnit = Annotated[float, AfterValidator(_open_unit)]
 """A fraction strictly between 0 and 1."""
 
 
+def _plain_name(value: str) -> str:
+    if not re.fullmatch(NAME, value):
+        raise ValueError("is not a plain name (letters, digits, '.', '_', '-', starting with a letter or digit; at most 100)")
+    return value
+
+
+RunName = Annotated[str, AfterValidator(_plain_name)]
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True, allow_inf_nan=False)
 
 
 class DatasetConfig(_Section):
     """Which data, where it lives on disk, and how it is split and augmented."""
 
     name: str = "shapes"
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of the data itself: synthetic images, the val split, the max_train subset")
     root: Path | None = Field(None, description="directory or file with the data (datasets read from disk)")
     image_size: int | None = Field(None, gt=0, description="resize (or, for `shapes`, render) to this size")
     val_fraction: OpenUnit = Field(0.1, description="share of train held out as val when a dataset has no val split")
@@ -128,9 +149,13 @@ class LensConfig(_Section):
 class ExperimentConfig(_Section):
     """A whole experiment; its `run_id` names the run directory."""
 
-    name: str = "experiment"
-    seed: int = Field(0, ge=0)
+    name: RunName = Field("experiment", description="names the run directory <name>-<hash>")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="drives initialisation, data order and every random choice (seeding.py)")
+    order_seed: int | None = Field(
+        None, ge=0, le=MAX_SEED, description="seed of the SGD noise only: data order, augmentation, dropout (default: seed)"
+    )
     device: str = "cpu"
+    threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: the cores available ÷ concurrent workers)")
     output_dir: Path = Path("runs")
     dataset: DatasetConfig = DatasetConfig()
     model: ModelConfig = ModelConfig()
@@ -140,7 +165,7 @@ class ExperimentConfig(_Section):
         None, description="training of pruned rounds; fields not given are taken from `training` (default: same as `training`)"
     )
     lenses: list[LensConfig] = Field(default_factory=list, description="explanation lenses run on every round (not part of the run id)")
-    lens_images: int = Field(64, gt=0, description="size of the fixed evaluation batch the lenses explain (first N test images)")
+    lens_images: int = Field(64, gt=0, le=100_000, description="size of the fixed evaluation batch the lenses explain (first N test images)")
 
     @model_validator(mode="before")
     @classmethod
@@ -149,9 +174,15 @@ class ExperimentConfig(_Section):
             data = {**data, "retraining": {**data.get("training", {}), **data["retraining"]}}
         return data
 
+    @property
+    def noise_seed(self) -> int:
+        """Seed of the SGD-noise streams (data order, augmentation, dropout)."""
+        return self.seed if self.order_seed is None else self.order_seed
+
     def canonical(self) -> dict[str, Any]:
-        """Non-default fields that determine training results (no name, output dir, lenses or round count)."""
-        data = self.model_dump(mode="json", exclude_defaults=True, exclude={"name", "output_dir", "lenses", "lens_images"})
+        """Non-default fields that determine training results (no name, output dir, threads, lenses or round count)."""
+        excluded = {"name", "output_dir", "threads", "lenses", "lens_images"}
+        data = self.model_dump(mode="json", exclude_defaults=True, exclude=excluded)
         if self.pruning.rate is None:  # with a final rate, the round count changes every round's fraction
             data.get("pruning", {}).pop("rounds", None)
         return {k: v for k, v in data.items() if v != {}}
@@ -159,8 +190,7 @@ class ExperimentConfig(_Section):
     @property
     def run_id(self) -> str:
         """Stable hash of `canonical()`: adding a new option with a default keeps old ids valid."""
-        text = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()[:12]
+        return config_hash(self.canonical())
 
     @property
     def run_dir(self) -> Path:
@@ -174,9 +204,29 @@ class ExperimentConfig(_Section):
         return from_dict(data)
 
 
-def _format(err: ValidationError) -> str:
+def config_hash(canonical: dict[str, Any]) -> str:
+    """The run id: a hash of the layout format and the canonical config."""
+    text = json.dumps({"format": FORMAT, "config": canonical}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def field_path(loc: tuple[Any, ...] | list[Any]) -> str:
+    """`("lenses", 0, "options", "target")` → `lenses[0].options.target`."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}" if out else str(part)
+    return out or "config"
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def format_error(err: ValidationError, prefix: tuple[Any, ...] = ()) -> str:
+    """The first problem of a pydantic error as `<field>: <input>: <message>` on one line."""
     first = err.errors()[0]
-    loc = ".".join(str(part) for part in first["loc"]) or "config"
+    loc = field_path((*prefix, *first["loc"]))
     msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         return f"{loc}: unknown field"
@@ -185,30 +235,89 @@ def _format(err: ValidationError) -> str:
     if isinstance(first["input"], dict):  # a whole-section check
         return f"{loc}: {msg}"
     more = f" (and {len(err.errors()) - 1} more problem(s))" if len(err.errors()) > 1 else ""
-    return f"{loc}: {first['input']!r} {msg}{more}" if msg.startswith("is ") else f"{loc}: {first['input']!r}: {msg}{more}"
+    value = _short(first["input"])
+    return f"{loc}: {value} {msg}{more}" if msg.startswith("is ") else f"{loc}: {value}: {msg}{more}"
+
+
+def _check_values(data: Any, path: tuple[Any, ...] = ()) -> None:
+    """Every float anywhere in the config is finite (also inside free-form `options`)."""
+    if isinstance(data, float) and not math.isfinite(data):
+        raise PrunelensError(f"{field_path(path)}: {data!r} is not a finite number")
+    if isinstance(data, dict):
+        for key, value in data.items():
+            _check_values(value, (*path, key))
+    elif isinstance(data, list):
+        for i, value in enumerate(data):
+            _check_values(value, (*path, i))
+
+
+def check_lenses(cfg: ExperimentConfig) -> None:
+    """Every lens is registered and its options are valid for it (`lenses[i].options.<field>` on error)."""
+    if not cfg.lenses:
+        return
+    from prunelens.lenses import LENSES  # lenses import torch-heavy code; configs without lenses do not need it
+
+    for i, spec in enumerate(cfg.lenses):
+        if spec.name not in LENSES:
+            raise PrunelensError(f"lenses[{i}].name: unknown lens {spec.name!r}; known: {', '.join(LENSES.names())}")
+        try:
+            LENSES.get(spec.name).Options.model_validate(spec.options)
+        except ValidationError as err:
+            raise PrunelensError(format_error(err, ("lenses", i, "options"))) from None
 
 
 def from_dict(data: dict[str, Any], source: str = "config") -> ExperimentConfig:
-    """Validate a plain dict; any problem becomes a one-line `PrunelensError` naming the field."""
+    """Validate a plain dict (lens options included); any problem is a one-line `PrunelensError` naming the field."""
     if not isinstance(data, dict):
         raise PrunelensError(f"{source}: expected a mapping of config sections, got {type(data).__name__}")
     try:
-        return ExperimentConfig.model_validate(data)
+        _check_values(data)
+        cfg = ExperimentConfig.model_validate(data)
+        check_lenses(cfg)
     except ValidationError as err:
-        raise PrunelensError(f"{source}: {_format(err)}") from None
+        raise PrunelensError(f"{source}: {format_error(err)}") from None
+    except PrunelensError as err:
+        raise PrunelensError(f"{source}: {err}") from None
+    return cfg
+
+
+def _measure(data: Any, path: Path, depth: int = 0, sizes: dict[int, int] | None = None) -> int:
+    """The number of values `data` expands to (YAML aliases share objects; counted once per use), bounded."""
+    sizes = {} if sizes is None else sizes
+    if depth > MAX_CONFIG_DEPTH:
+        raise PrunelensError(f"{path}: nested more than {MAX_CONFIG_DEPTH} levels deep")
+    if not isinstance(data, (dict, list)):
+        return 1
+    if id(data) not in sizes:
+        children = data.values() if isinstance(data, dict) else data
+        sizes[id(data)] = 1 + sum(_measure(child, path, depth + 1, sizes) for child in children)
+        if sizes[id(data)] > MAX_CONFIG_VALUES:
+            raise PrunelensError(f"{path}: expands to more than {MAX_CONFIG_VALUES} values (YAML aliases?)")
+    return sizes[id(data)]
 
 
 def read_yaml(path: str | Path) -> Any:
-    """Parse a YAML file with `yaml.safe_load`; a missing file or bad syntax is a one-line error."""
+    """Parse a YAML file with `yaml.safe_load`, bounded in size, depth and alias expansion; any problem
+    (missing, not UTF-8, bad syntax) is a one-line error naming the file."""
     path = Path(path)
     if not path.is_file():
         raise PrunelensError(f"config file not found: {path}")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise PrunelensError(f"{path}: larger than {MAX_CONFIG_BYTES >> 10} KiB; not a config file")
     try:
-        return yaml.safe_load(path.read_text()) or {}
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise PrunelensError(f"{path}: not UTF-8 text (byte {err.start})") from None
+    try:
+        data = yaml.safe_load(text)
+    except RecursionError:
+        raise PrunelensError(f"{path}: nested too deeply") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        raise PrunelensError(f"{path}:{where} invalid YAML ({getattr(err, 'problem', err)})") from None
+        raise PrunelensError(f"{path}:{where} invalid YAML ({getattr(err, 'problem', None) or err})") from None
+    _measure(data, path)
+    return {} if data is None else data
 
 
 def load(path: str | Path) -> ExperimentConfig:

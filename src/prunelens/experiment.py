@@ -1,41 +1,53 @@
-"""config → data, model → IMP schedule → run store. The Python entry point: `prunelens.run(cfg)`."""
+"""config → prepared data and model → rounds (sharing the dense round) → tables → lenses (with their
+references) → figures. The Python entry points: `prunelens.run(cfg)` and `analyze_run(run)`.
+
+`prepare` checks every input — device, data, model, schedule, lens options and whether each lens can explain
+the model — before anything is written; only then does `execute` touch the run directory.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 from torch import nn
 
-from prunelens import config as config_mod
-from prunelens.analyze import analyze
-from prunelens.config import ExperimentConfig
+from prunelens import analyze
+from prunelens.cache import FileCache
+from prunelens.config import ExperimentConfig, LensConfig
 from prunelens.data import DataBundle, build_dataset
+from prunelens.dependencies import dense_config, reference_config
+from prunelens.device import check_device, configure_cpu
 from prunelens.errors import PrunelensError
-from prunelens.lenses import LENSES
+from prunelens.faults import killpoint
+from prunelens.lenses import LENSES, Lens
+from prunelens.lenses.data import LensData
 from prunelens.models import build_model
 from prunelens.progress import Reporter
 from prunelens.pruning import check as check_pruning
-from prunelens.schedules import Context, run_rounds
-from prunelens.store import RunStore
-from prunelens.train import seed_everything
+from prunelens.rounds import Context, DenseRound, run_rounds
+from prunelens.runs import METRICS, TIMINGS, Run, data_info
+from prunelens.seeding import forked
 
 MODEL_METRICS = (
-    "rate_nominal", "density", "density_actual", "density_all", "test_top1", "test_top5", "test_loss", "val_top1", "val_top5", "val_loss", "train_loss",
-    "remaining_params", "nonzero_params", "prunable_params", "total_params", "flops_dense", "flops_effective",
-    "train_seconds", "eval_seconds", "prune_seconds", "collapsed",
+    "rate_nominal", "density", "density_actual", "density_all", "test_top1", "test_top5", "test_loss", "val_top1", "val_top5", "val_loss",
+    "train_loss", "remaining_params", "nonzero_params", "prunable_params", "total_params", "flops_dense", "flops_effective",
+    "collapsed", "collapsed_structural", "collapsed_functional", "chance_top1", "output_range",
 )  # fmt: skip
+"""The per-round metrics of `metrics.csv`, in this order (those a record has)."""
+TIMING_METRICS = ("train_seconds", "eval_seconds", "prune_seconds")
+"""Wall times: in `timings.csv`, never in `metrics.csv` (which is byte-identical across repeated runs)."""
+CHECK_IMAGES = 4
 
 
 @dataclass
 class RunResult:
     run_dir: Path
     records: list[dict[str, Any]]
-    lenses: dict[str, pd.DataFrame] = field(default_factory=dict)  # lens name → its long table
+    lenses: list[analyze.LensTable] = field(default_factory=list)
 
     @property
     def table(self) -> pd.DataFrame:
@@ -44,44 +56,45 @@ class RunResult:
 
     def summary(self) -> pd.DataFrame:
         """One row per round: density, accuracy, FLOPs — the accuracy-vs-density table."""
-        cols = ["round", "rate_nominal", "density", "density_all", "test_top1", "test_top5", "val_top1", "flops_effective", "train_seconds"]
-        return pd.DataFrame([{c: rec[c] for c in cols} for rec in self.records])
+        return summary(self.records)
 
 
 def tidy(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """The long metrics table of `records` (no timings)."""
     rows = []
     for rec in records:
-        rows += [{"round": rec["round"], "metric": m, "layer": "", "value": float(rec[m])} for m in MODEL_METRICS]
+        rows += [{"round": rec["round"], "metric": m, "layer": "", "value": float(rec[m])} for m in MODEL_METRICS if m in rec]
         rows += [{"round": rec["round"], "metric": "density", "layer": n, "value": d} for n, d in rec["layers"].items()]
     return pd.DataFrame(rows, columns=["round", "metric", "layer", "value"])
 
 
-def open_store(cfg: ExperimentConfig, write_config: bool = True) -> RunStore:
-    """The run's store, locked (use it as a context manager to release the lock) and verified; refuses a
-    directory holding another config."""
-    store = RunStore(cfg.run_dir)
-    if store.has("canonical.json") and store.load_json("canonical.json") != cfg.canonical():
-        raise PrunelensError(f"{cfg.run_dir}: holds a run of a different config")
-    store.lock()
-    try:
-        store.verify()
-        if not store.has("canonical.json"):
-            store.save_json("canonical.json", cfg.canonical())
-        if write_config:
-            store.write("config.yaml", config_mod.dump(cfg).encode())
-    except BaseException:
-        store.unlock()
-        raise
-    return store
+def summary(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per round: rates, densities, accuracy, effective FLOPs as a fraction of dense, collapse, time."""
+    cols = ["round", "rate_nominal", "density", "density_all", "test_top1", "test_top5", "val_top1", "flops_ratio", "collapse", "train_seconds"]
+    rows = [{**rec, "flops_ratio": rec["flops_effective"] / rec["flops_dense"], "collapse": rec.get("collapse", "")} for rec in records]
+    return pd.DataFrame([{c: row[c] for c in cols if c in row} for row in rows])
 
 
-def check_device(device: str) -> None:
-    try:
-        kind = torch.device(device).type
-    except RuntimeError:
-        raise PrunelensError(f"device: {device!r} is not a torch device") from None
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise PrunelensError(f"device: {device!r} is not available on this machine")
+@dataclass(frozen=True)
+class Prepared:
+    """A checked config with its data and lenses; `build()` gives the model at its initialisation."""
+
+    cfg: ExperimentConfig
+    bundle: DataBundle
+    lenses: tuple[Lens, ...] = ()
+
+    def build(self, stream: str = "init", *keys: int) -> nn.Module:
+        """The architecture initialised from the (seed, `stream`, *keys) stream — (seed, "init") is the run's
+        θ₀, other streams draw fresh weights from the same distribution; the global RNGs are restored."""
+        b = self.bundle
+        with forked(self.cfg.seed, stream, *keys):
+            return build_model(self.cfg.model, b.num_classes, b.in_channels, b.image_size).to(self.cfg.device)
+
+    def derive(self, cfg: ExperimentConfig) -> Prepared:
+        """A dependency run (dense or reference) of this one: the same data, no lenses."""
+        if cfg.dataset != self.cfg.dataset:
+            raise ValueError("a derived run must use the same data")
+        return Prepared(cfg, self.bundle)
 
 
 def check_schedule(cfg: ExperimentConfig, model: Any, steps: int) -> None:
@@ -93,55 +106,101 @@ def check_schedule(cfg: ExperimentConfig, model: Any, steps: int) -> None:
         raise PrunelensError(f"pruning.rewind: 'pretrained' needs model.weights (model {cfg.model.name!r} has no built-in weights)")
 
 
-def prepare(cfg: ExperimentConfig) -> tuple[DataBundle, Callable[[], nn.Module]]:
-    """Load the data and return it with a model builder (architecture only; weights as the factory sets them)."""
+def prepare(cfg: ExperimentConfig, bundle: DataBundle | None = None, reporter: Reporter | None = None) -> Prepared:
+    """Check every input and load the data; nothing is written."""
     check_device(cfg.device)
-    for spec in cfg.lenses:
-        LENSES.get(spec.name)
-    bundle = build_dataset(cfg.dataset, cfg.seed)
-
-    def build() -> nn.Module:
-        return build_model(cfg.model, bundle.num_classes, bundle.in_channels, bundle.image_size).to(cfg.device)
-
-    return bundle, build
+    configure_cpu(cfg.threads)
+    bundle = bundle or build_dataset(cfg.dataset)
+    for note in bundle.notes if reporter else ():
+        reporter.log(note)
+    prepared = Prepared(cfg, bundle, tuple(LENSES.get(spec.name)(spec.options) for spec in cfg.lenses))
+    model = prepared.build()
+    ctx = Context(cfg, bundle, model, Reporter(quiet=True))
+    check_schedule(cfg, model, min(ctx.steps(0), ctx.steps(1)))
+    if prepared.lenses:
+        batch = LensData(bundle, cfg.device, CHECK_IMAGES).eval_batch
+        for i, lens in enumerate(prepared.lenses):
+            try:
+                lens.check(model, batch)
+            except PrunelensError as err:
+                raise PrunelensError(f"lenses[{i}] ({lens.name}): {err}") from None
+    return prepared
 
 
 def run(cfg: ExperimentConfig, quiet: bool = False) -> RunResult:
-    """Run, resume or extend the experiment `cfg`, then its lenses; every input is checked before the run
-    directory is touched."""
-    bundle, build = prepare(cfg)
-    seed_everything(cfg.seed)
-    model = build()
+    """Run, resume or extend the experiment `cfg`, then its lenses."""
     with Reporter(quiet) as reporter:
-        ctx = Context(cfg, bundle, model, reporter)
-        check_schedule(cfg, model, min(ctx.steps(0), ctx.steps(1)))
-        with open_store(cfg) as store:
-            records = run_rounds(ctx, store, on_round=lambda done: store.save_table("metrics", tidy(done)))
-            lenses = analyze(cfg, store, bundle, build, reporter, other_seed=lambda: other_seed_run(cfg, quiet)) if cfg.lenses else {}
-    return RunResult(cfg.run_dir, records, lenses)
+        return execute(prepare(cfg, reporter=reporter), reporter)
 
 
-def other_seed_run(cfg: ExperimentConfig, quiet: bool) -> Path:
-    """The dense round of `cfg` trained from seed + 1 (a run of its own, cached like any other)."""
-    other = cfg.with_overrides(name=f"{cfg.name}-ceiling", seed=cfg.seed + 1, pruning={"rounds": 0}, lenses=[])
-    return run(other, quiet=quiet).run_dir
+def execute(p: Prepared, reporter: Reporter) -> RunResult:
+    """Train the missing rounds of `p.cfg` (round 0 from its shared dense run), rebuild its tables and run its lenses."""
+    cfg = p.cfg
+    run = Run(cfg.run_dir)
+    shared = dense_config(cfg)
+    dense = None if shared.run_dir == cfg.run_dir else (lambda: dense_round(p.derive(shared), reporter))
+    with run.writing(on_wait=reporter.log):
+        run.initialise(cfg, data_info(p.bundle))
+        records = run_rounds(Context(cfg, p.bundle, p.build(), reporter), run, dense)
+        killpoint("rounds.done")
+        write_tables(run, records)
+        lenses = analyze_lenses(p, run, reporter) if p.lenses else []
+    return RunResult(run.root, records, lenses)
 
 
-def load_run_config(run_dir: Path) -> ExperimentConfig:
-    """The config a run was made with, pointed at where the run directory is now."""
-    cfg = config_mod.load(Path(run_dir) / "config.yaml")
-    return cfg.with_overrides(output_dir=str(Path(run_dir).parent))
+def dense_round(p: Prepared, reporter: Reporter) -> DenseRound:
+    """Run (or reuse) the shared dense run `p` and hand over its θ_start and round 0."""
+    reporter.log(f"dense round: shared run {p.cfg.run_dir.name}")
+    done = Run(execute(p, reporter).run_dir)
+    record = done.round(0).record()
+    fit = {"train_loss": record["train_loss"], "train_seconds": record["train_seconds"], "dense_run": done.root.name}
+    return DenseRound(done.start(), done.round(0).weights(), fit)
 
 
-def analyze_run(run_dir: Path, lenses: list[str] | None = None, quiet: bool = False, force: bool = False) -> dict[str, pd.DataFrame]:
-    """Run lenses (default: the config's) on a finished run without retraining."""
-    if not (Path(run_dir) / "manifest.json").is_file():
-        raise PrunelensError(f"{run_dir}: not a prunelens run directory")
-    cfg = load_run_config(run_dir)
-    if lenses:
-        cfg = cfg.with_overrides(lenses=lenses)
-    if not cfg.lenses:
-        raise PrunelensError(f"{run_dir}: no lenses to run (pass --explain NAME[,NAME])")
-    bundle, build = prepare(cfg)
-    with Reporter(quiet) as reporter, open_store(cfg, write_config=False) as store:
-        return analyze(cfg, store, bundle, build, reporter, other_seed=lambda: other_seed_run(cfg, quiet), force=force)
+def write_tables(run: Run, records: list[dict[str, Any]]) -> None:
+    """`metrics` (long, deterministic) and `timings` of every finished round; rewritten only when they changed."""
+    run.store.save_table(METRICS, tidy(records))
+    timings = pd.DataFrame([{"round": rec["round"], **{k: rec.get(k) for k in TIMING_METRICS}} for rec in records])
+    run.store.write(f"{TIMINGS}.csv", timings.to_csv(index=False).encode())
+
+
+def reference_models(p: Prepared, kinds: Sequence[str], reporter: Reporter) -> dict[str, nn.Module]:
+    """The reference networks the lenses need: the floor drawn from the `floor` stream, trained references
+    from their own (shared, resumable) dense runs."""
+    out = {}
+    for kind in kinds:
+        if kind == "floor":
+            out[kind] = p.build("floor").eval()
+            continue
+        reference = p.derive(reference_config(p.cfg, kind))
+        reporter.log(f"reference {kind}: run {reference.cfg.run_dir.name}")
+        out[kind] = Run(execute(reference, reporter).run_dir).round(0).model(p.cfg.device)
+        killpoint("reference.trained")
+    return out
+
+
+def analyze_lenses(p: Prepared, run: Run, reporter: Reporter, force: bool = False) -> list[analyze.LensTable]:
+    kinds = sorted({kind for lens in p.lenses for kind in lens.references()})
+    references = reference_models(p, kinds, reporter)
+    data = LensData(p.bundle, p.cfg.device, p.cfg.lens_images)
+    cache = FileCache(p.cfg.output_dir / "cache")
+    return analyze.analyze(run, p.lenses, data, references, cache, p.cfg.seed, reporter, force=force)
+
+
+def analyze_run(run: Run, lenses: Sequence[LensConfig] | None = None, quiet: bool = False, force: bool = False) -> list[analyze.LensTable]:
+    """Run lenses (default: the run config's and those run on it before) on a run without retraining."""
+    cfg = run.config
+    if run.format == 1:  # prunelens 0.1 seeded the data with the experiment seed
+        cfg = cfg.with_overrides(dataset={"seed": cfg.seed})
+    specs = list(lenses) if lenses else [*cfg.lenses, *(s for s in analyze.stored_lenses(run) if s not in cfg.lenses)]
+    if not specs:
+        raise PrunelensError(f"{run.root}: no lenses to run (pass --explain NAME[,NAME])")
+    cfg = replace_lenses(cfg, specs)
+    with Reporter(quiet) as reporter:
+        p = prepare(cfg, build_dataset(run.data_config), reporter)
+        with run.writing(on_wait=reporter.log):
+            return analyze_lenses(p, run, reporter, force)
+
+
+def replace_lenses(cfg: ExperimentConfig, specs: Sequence[LensConfig]) -> ExperimentConfig:
+    return cfg.with_overrides(lenses=[spec.model_dump() for spec in specs])

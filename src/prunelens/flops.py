@@ -9,6 +9,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from prunelens.masks import MaskSet
+from prunelens.modules import eval_mode
 
 
 @dataclass(frozen=True)
@@ -32,12 +33,9 @@ class FlopProfile:
 @torch.no_grad()
 def profile(model: nn.Module, example: torch.Tensor) -> FlopProfile:
     """Count the FLOPs of `model` on one sample shaped like `example[0]` (eval mode, restored afterwards)."""
-    was_training = model.training
-    model.eval()
     counter = FlopCounterMode(display=False, depth=None)
-    with counter:
+    with eval_mode(model), counter:
         model(example[:1])
-    model.train(was_training)
     root = type(model).__name__
     counts = counter.get_flop_counts()
     per_module = {}

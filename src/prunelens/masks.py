@@ -13,14 +13,12 @@ import torch
 from torch import nn
 
 from prunelens.errors import PrunelensError
-
-_LAYERS = (nn.modules.conv._ConvNd, nn.Linear)
-_NORMS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
+from prunelens.modules import NORMS, WEIGHT_LAYERS
 
 
 def classifier_name(model: nn.Module) -> str:
     """Module name of the classifier: the last Conv/Linear layer in registration order."""
-    names = [name for name, module in model.named_modules() if isinstance(module, _LAYERS)]
+    names = [name for name, module in model.named_modules() if isinstance(module, WEIGHT_LAYERS)]
     if not names:
         raise PrunelensError(f"{type(model).__name__} has no Conv or Linear layer to prune")
     return names[-1]
@@ -44,8 +42,8 @@ def prunable_names(
     for mod_name, module in model.named_modules():
         if mod_name == head and not prune_classifier:
             continue
-        kinds = ["weight"] if isinstance(module, _LAYERS) or (include_bn and isinstance(module, _NORMS)) else []
-        if include_bias and isinstance(module, _LAYERS):
+        kinds = ["weight"] if isinstance(module, WEIGHT_LAYERS) or (include_bn and isinstance(module, NORMS)) else []
+        if include_bias and isinstance(module, WEIGHT_LAYERS):
             kinds.append("bias")
         for kind in kinds:
             if getattr(module, kind, None) is not None:

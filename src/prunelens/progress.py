@@ -1,4 +1,4 @@
-"""Progress bars (rich) that vanish in quiet mode."""
+"""Progress bars (rich) that vanish in quiet mode; every step is a safe point for a requested stop."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from contextlib import contextmanager
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from prunelens.interrupts import check_interrupt
 
 Advance = Callable[[int], None]
 
@@ -31,9 +33,15 @@ class Reporter:
 
     @contextmanager
     def task(self, description: str, total: int) -> Iterator[Advance]:
+        """A progress bar; every `advance(n)` is also a safe point for a requested stop."""
         task = self._bars.add_task(description, total=total)
+
+        def advance(n: int = 1) -> None:
+            check_interrupt()
+            self._bars.advance(task, n)
+
         try:
-            yield lambda n=1: self._bars.advance(task, n)
+            yield advance
         finally:
             self._bars.remove_task(task)
 

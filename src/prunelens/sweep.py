@@ -25,10 +25,11 @@ from typing import Any
 import pandas as pd
 
 from prunelens import config as config_mod
+from prunelens.analysis.tickets import compare_runs
 from prunelens.config import ExperimentConfig
 from prunelens.errors import PrunelensError
 from prunelens.experiment import run
-from prunelens.lenses.tickets import compare_runs
+from prunelens.runs import Run
 from prunelens.store import atomic_write
 
 
@@ -106,7 +107,7 @@ def run_sweep(sweep: Sweep, quiet: bool = False) -> pd.DataFrame:
     for i, point in enumerate(sweep.points, 1):
         if not quiet:
             print(f"[{i}/{len(sweep.points)}] {sweep.name} variant {point.variant} {point.labels}")
-        summary = run(point.cfg, quiet=quiet).summary()
+        summary = run(point.cfg, quiet=quiet).summary().drop(columns=["train_seconds"])
         frames.append(summary.assign(variant=point.variant, run=point.cfg.run_dir.name, **point.labels))
     table = pd.concat(frames, ignore_index=True)
     atomic_write(sweep.out_dir / "summary.csv", table.to_csv(index=False).encode())
@@ -121,5 +122,5 @@ def compare_variants(sweep: Sweep) -> None:
         points = [p for p in sweep.points if p.variant == v]
         if len(points) > 1:
             labels = [" ".join(f"{k}={val}" for k, val in p.labels.items()) or p.cfg.run_dir.name for p in points]
-            for name, frame in compare_runs([p.cfg.run_dir for p in points], labels=labels).items():
+            for name, frame in compare_runs([Run(p.cfg.run_dir) for p in points], labels=labels).items():
                 atomic_write(sweep.out_dir / f"{name}_variant{v}.csv", frame.to_csv(index=False).encode())

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import math
-import random
 import time
 from collections.abc import Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -15,16 +13,11 @@ from torch import nn
 from prunelens.config import TrainingConfig
 from prunelens.data.base import DataBundle, Split
 from prunelens.data.loader import Loader
+from prunelens.errors import PrunelensError
 from prunelens.masks import MaskSet
+from prunelens.modules import eval_mode
 
 Progress = Callable[[int], None]
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (model init; data order is seeded separately per epoch)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def make_loader(bundle: DataBundle, split: Split, batch_size: int, device: str, *, train: bool, seed: int = 0, augment: bool = False) -> Loader:
@@ -67,9 +60,11 @@ def train(
     end_step: int,
     lr_offset: int = 0,
     progress: Progress | None = None,
+    where: str = "training",
 ) -> dict[str, float]:
     """Train from global step `start_step` to `end_step` with a fresh optimiser; pruned weights stay exactly zero.
     The LR of step s is that of schedule step s + `lr_offset` (a continued schedule); the data order is that of s.
+    A non-finite loss (checked once per epoch, no host sync per step) stops with an error naming `where`.
 
     Returns the mean training loss over the last epoch trained and the wall time.
     """
@@ -97,24 +92,44 @@ def train(
                 progress(1)
             if step >= end_step:
                 break
+        check_finite(losses, cfg, epoch, where)
     mean_loss = float(torch.stack(losses).mean()) if losses else float("nan")
     return {"train_loss": mean_loss, "train_seconds": time.perf_counter() - began}
 
 
+def check_finite(losses: list[torch.Tensor], cfg: TrainingConfig, epoch: int, where: str) -> None:
+    """Raise if any loss of the epoch is NaN or infinite (the run diverged), naming the likely fields."""
+    if losses and not bool(torch.isfinite(torch.stack(losses)).all()):
+        raise PrunelensError(
+            f"{where}: training diverged (non-finite loss in epoch {epoch}); lower the learning rate "
+            f"(lr {cfg.lr:g}, weight_decay {cfg.weight_decay:g}, momentum {cfg.momentum:g}) or check the data"
+        )
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Loader) -> dict[str, float]:
-    """Mean cross-entropy, top-1 and top-5 accuracy over the loader's split (eval mode)."""
-    was_training = model.training
-    model.eval()
+    """Over the loader's split (eval mode): mean cross-entropy `loss`, `top1`, `top5`, and for functional
+    collapse the number of images `n`, the `majority` class share and `output_range`, the largest per-class
+    spread (max − min) of the logits relative to their scale (0 for constant outputs)."""
     loss = top1 = top5 = 0.0
     n = 0
-    for x, y in loader.epoch():
-        logits = model(x)
-        loss += float(F.cross_entropy(logits, y, reduction="sum"))
-        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        hits = top.eq(y[:, None])
-        top1 += float(hits[:, 0].sum())
-        top5 += float(hits.any(dim=1).sum())
-        n += len(y)
-    model.train(was_training)
-    return {"loss": loss / n, "top1": top1 / n, "top5": top5 / n}
+    lo = hi = counts = None
+    with eval_mode(model):
+        for x, y in loader.epoch():
+            logits = model(x)
+            loss += float(F.cross_entropy(logits, y, reduction="sum"))
+            top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+            hits = top.eq(y[:, None])
+            top1 += float(hits[:, 0].sum())
+            top5 += float(hits.any(dim=1).sum())
+            n += len(y)
+            low, high = logits.amin(0).double(), logits.amax(0).double()
+            lo = low if lo is None else torch.minimum(lo, low)
+            hi = high if hi is None else torch.maximum(hi, high)
+            found = torch.bincount(y, minlength=logits.shape[1])
+            counts = found if counts is None else counts + found
+    scale = 1 + float(torch.maximum(hi.abs(), lo.abs()).max())
+    return {
+        "loss": loss / n, "top1": top1 / n, "top5": top5 / n, "n": n,
+        "majority": float(counts.max()) / n, "output_range": float((hi - lo).max()) / scale,
+    }  # fmt: skip

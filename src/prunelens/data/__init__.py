@@ -12,10 +12,10 @@ from prunelens.data.common import limit
 __all__ = ["DATASETS", "DataBundle", "DatasetSplit", "TensorSplit", "build_dataset"]
 
 
-def build_dataset(cfg: DatasetConfig, seed: int) -> DataBundle:
-    """The train/val/test bundle of `cfg.name`; `cfg.max_train` keeps a stratified, seeded subset of train
-    (val and test are unaffected)."""
-    bundle = DATASETS.get(cfg.name)(cfg, seed)
+def build_dataset(cfg: DatasetConfig) -> DataBundle:
+    """The train/val/test bundle of `cfg.name`, its randomness (synthetic images, val split) seeded by `cfg.seed`;
+    `cfg.max_train` keeps a stratified, seeded subset of train (val and test are unaffected)."""
+    bundle = DATASETS.get(cfg.name)(cfg, cfg.seed)
     if cfg.max_train is not None:
-        bundle = replace(bundle, train=limit(bundle.train, cfg.max_train, seed))
+        bundle = replace(bundle, train=limit(bundle.train, cfg.max_train, cfg.seed))
     return bundle

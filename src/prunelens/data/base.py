@@ -76,6 +76,8 @@ class DataBundle:
     std: tuple[float, ...]
     class_names: list[str] | None = None
     concept_names: list[str] | None = None
+    notes: list[str] = field(default_factory=list)
+    """one-line remarks for the user (e.g. skipped unreadable files), printed by the experiment"""
 
 
 DATASETS: Registry = Registry("dataset")

@@ -1,23 +1,19 @@
 """Batch iteration. In-memory splits live as one tensor on the device and are batched by index slicing;
-big splits go through a DataLoader. The order of epoch e depends only on (seed, e), so every IMP round sees
-the same data order and training can start at any step (rewinding to step k, resuming)."""
+big splits go through a DataLoader. The order of epoch e depends only on (seed, e) (the `order` stream,
+augmentation the `augment` stream), so every IMP round sees the same data order and training can start at
+any step (rewinding to step k, resuming)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
 from prunelens.data.base import DatasetSplit, Split, TensorSplit
+from prunelens.seeding import generator
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-
-
-def generator(*keys: int) -> torch.Generator:
-    """A CPU generator seeded from a tuple of ints, e.g. (seed, epoch) for the order of an epoch."""
-    return torch.Generator().manual_seed(int(np.random.SeedSequence(list(keys)).generate_state(1)[0]))
 
 
 def augment(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
@@ -62,7 +58,7 @@ class Loader:
 
     def epoch(self, epoch: int = 0, start: int = 0) -> Iterator[Batch]:
         n = len(self.split)
-        order = torch.randperm(n, generator=generator(self.seed, epoch)) if self.shuffle else torch.arange(n)
+        order = torch.randperm(n, generator=generator(self.seed, "order", epoch)) if self.shuffle else torch.arange(n)
         if isinstance(self.split, DatasetSplit):
             yield from self._dataset_batches(order[start * self.batch_size :])
             return
@@ -71,7 +67,7 @@ class Loader:
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
             x = self.normalise(self.split.images.index_select(0, idx))  # index_select: ~10× faster than [idx]
             if self.augment:
-                x = augment(x, generator(self.seed, epoch, b))
+                x = augment(x, generator(self.seed, "augment", epoch, b))
             yield x, self.split.labels.index_select(0, idx)
 
     def _dataset_batches(self, order: torch.Tensor) -> Iterator[Batch]:

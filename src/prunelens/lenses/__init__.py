@@ -1,9 +1,10 @@
-"""Explanation lenses and ticket analyses: pure functions of (dense model, pruned model, masks, batch) → records.
+"""Explanation lenses: per-round explainers of a pruned network against the dense one (`base.py`).
 
 Importing this package registers every lens in `LENSES`.
 """
 
-from prunelens.lenses import gradcam  # noqa: F401, E402  (registers "gradcam")
-from prunelens.lenses.base import LENSES, Lens, LensBatch, LensInput, LensResult
+from prunelens.lenses import gradcam  # noqa: F401  (registers "gradcam")
+from prunelens.lenses.base import LENSES, Lens, LensContext, LensOptions, LensResult, LensRound
+from prunelens.lenses.data import LensBatch, LensData
 
-__all__ = ["LENSES", "Lens", "LensBatch", "LensInput", "LensResult"]
+__all__ = ["LENSES", "Lens", "LensBatch", "LensContext", "LensData", "LensOptions", "LensResult", "LensRound"]

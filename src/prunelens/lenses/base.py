@@ -1,74 +1,111 @@
-"""The lens interface every explanation method shares.
+"""The lens interface every explanation method shares (docs/extending.md).
 
-A lens is a class registered with `@LENSES.register("name")`, built from its options (`Lens(**options)`).
-It is called once per round with a `LensInput` — the dense model (round 0), this round's model, its masks,
-a fixed evaluation batch, and access to reference models — and returns a `LensResult`: tidy records (one
-dict per row, long format), tensors to cache (e.g. the raw maps) and figures. `summarize` turns the records
-of all rounds into figures across rounds. The experiment caches results per round in the run store, so
-`prunelens analyze RUN --explain NAME` re-runs a lens without retraining.
+A lens is a class registered with `@LENSES.register("name")` with a typed `Options` model (pydantic, checked
+when the config loads, so a bad option fails before anything trains). The runner (`analyze.py`) calls:
+
+1. `check(model, batch)` before any training: can the lens explain this architecture at all?
+2. `setup(ctx)` once per run, on the dense network: e.g. its maps, reference comparisons, a concept bank.
+   The result is stored in the run and handed back as `ctx.dense_result`;
+3. `__call__(ctx, rnd)` once per finished round.
+
+Both return a `LensResult`: tidy records (one dict per row, long format), tensors and JSON artefacts, all
+stored in safe formats. A lens keeps no state between calls — everything a round needs comes from the
+context — so any order of rounds gives the same results. Figures are drawn from the stored results by
+`report/figures.py`, never inside a lens.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import pandas as pd
 import torch
+from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from prunelens.lenses.data import LensBatch, LensData
 from prunelens.masks import MaskSet
 from prunelens.registry import Registry
 
 
-@dataclass
-class LensBatch:
-    """A fixed evaluation batch: normalised `images` on the device, `labels`, per-image `extras` (e.g. the
-    `shapes` object `masks` and `concepts`), and `pixels`: the same images on the 0–1 scale, for overlays."""
+class LensOptions(BaseModel):
+    """Base of every lens' options: unknown fields and non-finite numbers are refused."""
 
-    images: torch.Tensor
-    labels: torch.Tensor
-    pixels: torch.Tensor
-    extras: dict[str, torch.Tensor] = field(default_factory=dict)
-    class_names: list[str] | None = None
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
-@dataclass
-class LensInput:
-    """What a lens sees in one round. `reference(kind)` returns a cached reference model: `"other_seed"` (a
-    dense model trained from another seed: the ceiling) or `"random"` (the dense architecture at a fresh
-    random init: the floor)."""
+class Cache(Protocol):
+    """A persistent cache keyed by content, shared across rounds and runs (e.g. pool embeddings)."""
 
-    round: int
-    dense: nn.Module
-    model: nn.Module
-    masks: MaskSet
-    batch: LensBatch
-    density: float
-    reference: Callable[[str], nn.Module]
+    def tensors(self, key: Mapping[str, Any], compute: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]: ...
 
 
-@dataclass
+@dataclass(frozen=True)
 class LensResult:
+    """What a lens returns: `records` (long-format rows), `tensors` and JSON-able `artefacts`."""
+
     records: list[dict[str, Any]] = field(default_factory=list)
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
-    figures: dict[str, Any] = field(default_factory=dict)  # name → matplotlib Figure
+    artefacts: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LensContext:
+    """What a lens sees of a run: its data, the dense network and the lens' result on it (`dense_result`,
+    None while `setup` runs), reference networks by kind (`floor`: random init; `same_init`: the dense
+    network retrained from the same θ₀ with another data order; `other_seed`: an independently trained dense
+    network — see docs/methods.md §9), a content-keyed cache and the run's seed (for the lens' own draws)."""
+
+    data: LensData
+    dense: nn.Module
+    references: Mapping[str, nn.Module]
+    cache: Cache
+    seed: int
+    dense_result: LensResult | None = None
+
+    @property
+    def device(self) -> str:
+        return self.data.device
+
+
+@dataclass(frozen=True)
+class LensRound:
+    """One finished round: its number, trained network (eval mode), masks and density."""
+
+    round: int
+    model: nn.Module
+    masks: MaskSet
+    density: float
 
 
 class Lens(ABC):
-    """Base class: subclasses set `name` and implement `__call__`; `summarize` is optional."""
+    """Base class: set `name`, `Options` (a `LensOptions` subclass) and implement `__call__`."""
 
     name: ClassVar[str]
+    version: ClassVar[int] = 1
+    """Bump when stored results of an older version must be recomputed."""
+    Options: ClassVar[type[LensOptions]] = LensOptions
+
+    def __init__(self, options: LensOptions | Mapping[str, Any] | None = None) -> None:
+        self.options = options if isinstance(options, LensOptions) else self.Options.model_validate(dict(options or {}))
+
+    def references(self) -> tuple[str, ...]:
+        """Reference networks this configured lens needs (default: none)."""
+        return ()
+
+    def check(self, model: nn.Module, batch: LensBatch) -> None:
+        """Raise a one-line `PrunelensError` if this lens cannot explain `model` (called before training)."""
+
+    def setup(self, ctx: LensContext) -> LensResult:
+        """The lens on the dense network, once per run (default: nothing)."""
+        return LensResult()
 
     @abstractmethod
-    def __call__(self, inp: LensInput) -> LensResult:
+    def __call__(self, ctx: LensContext, rnd: LensRound) -> LensResult:
         """Analyse one round."""
-
-    def summarize(self, table: pd.DataFrame) -> dict[str, Any]:
-        """Figures across rounds from the lens' long table of all rounds (default: none)."""
-        return {}
 
     @classmethod
     def headline(cls, table: pd.DataFrame) -> pd.DataFrame | None:
@@ -77,3 +114,8 @@ class Lens(ABC):
 
 
 LENSES: Registry[type[Lens]] = Registry("lens")
+
+
+def options_key(lens: Lens) -> dict[str, Any]:
+    """The lens' options that differ from their defaults (what names its results)."""
+    return lens.options.model_dump(mode="json", exclude_defaults=True)

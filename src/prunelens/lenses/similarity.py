@@ -26,6 +26,8 @@ import torch
 from skimage.metrics import structural_similarity
 from torch import Tensor
 
+from prunelens.pruning.select import ceil_count
+
 TOPK = (0.05, 0.10, 0.20)
 """Top-k fractions reported by `compare`."""
 THRESHOLD = 0.75
@@ -49,8 +51,8 @@ def threshold_mask(maps: Tensor, tau: float = THRESHOLD) -> Tensor:
 
 
 def topk_count(n: int, k: float) -> int:
-    """⌈k·n⌉, robust to float error in k·n, at least 1."""
-    return max(1, math.ceil(round(k * n, 9)))
+    """⌈k·n⌉ (float-noise safe, as pruning counts), at least 1."""
+    return max(1, ceil_count(k, n))
 
 
 def topk_mask(maps: Tensor, k: float) -> Tensor:
@@ -143,10 +145,14 @@ def pointing(a: Tensor, region: Tensor) -> Tensor:
     return region.reshape(len(region), -1).gather(1, argmax_index(a)[:, None])[:, 0].double()
 
 
+def nonnegative(maps: Tensor) -> Tensor:
+    """Maps shifted by their per-image minimum where it is negative (seed-variant maps have no ReLU)."""
+    return maps - maps.flatten(1).amin(1).clamp(max=0).view(-1, *[1] * (maps.ndim - 1))
+
+
 def centre_of_mass(maps: Tensor) -> Tensor:
     """(B, 2) CoM in (row, col) grid pixels of the maps shifted to be non-negative."""
-    x = maps.double()
-    x = x - x.flatten(1).amin(1).clamp(max=0).view(-1, 1, 1)
+    x = nonnegative(maps.double())
     rows = torch.arange(x.shape[1], dtype=torch.float64, device=x.device)
     cols = torch.arange(x.shape[2], dtype=torch.float64, device=x.device)
     mass = x.sum((1, 2))
@@ -162,9 +168,8 @@ def com_shift(a: Tensor, b: Tensor, scale: tuple[float, float] = (1.0, 1.0)) -> 
 
 def distribution(maps: Tensor) -> Tensor:
     """(B, n) maps as distributions over the grid: shifted by their minimum when it is negative (signed maps
-    such as the seed variant's; METHODS §7.1), then divided by their sum."""
-    x = flat(maps).double()
-    x = x - x.min(dim=1, keepdim=True).values.clamp(max=0)
+    such as the seed variant's), then divided by their sum."""
+    x = nonnegative(flat(maps))
     return x / x.sum(dim=1, keepdim=True)
 
 

@@ -28,14 +28,16 @@ def prune(
     `cfg.method`) or of the alive filters / input channels of each tensor (`filters`, `channels`).
 
     With `cfg.score_iterations` = n > 1 (unstructured), the round re-scores n times, each step keeping
-    (1 − p)^(1/n) of the alive weights — SynFlow's exponential schedule within one round."""
+    (1 − p)^(1/n) of the alive weights — SynFlow's exponential schedule within one round (`layer_fractions`
+    likewise, so a tensor's round rate is its fraction whatever n is)."""
     if cfg.granularity != "unstructured":
         return prune_groups(model, masks, cfg, seed)
     score = SCORES.get(cfg.method)
     n = cfg.score_iterations
     step = 1 - (1 - cfg.round_fraction) ** (1 / n)
+    own = {pattern: 1 - (1 - f) ** (1 / n) for pattern, f in cfg.layer_fractions.items()}  # same per-round rate
     for _ in range(n):
-        masks = select(score(ScoreContext(model, masks, batch, seed=seed)), masks, step, cfg.scope, cfg.layer_fractions)
+        masks = select(score(ScoreContext(model, masks, batch, seed=seed)), masks, step, cfg.scope, own)
     return masks
 
 

@@ -1,4 +1,5 @@
-"""Layer-collapse detection (METHODS §11): an empty layer, or no path from the input to the output.
+"""Layer collapse (docs/methods.md §12). Structural: an empty layer, or no path from the input to the output.
+Functional: constant outputs, or accuracy at chance — a network can compute nothing with every layer alive.
 
 Path test: forward an all-ones input through a copy of the model in which every masked weight is its mask
 (0/1), every other weight its non-zero pattern 1[w ≠ 0], every bias 0, norms and zero-preserving activations
@@ -25,12 +26,16 @@ from typing import Any
 import torch
 from torch import nn
 
-_WEIGHT_LAYERS = (nn.modules.conv._ConvNd, nn.Linear)
-_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+from prunelens.modules import NORMS, WEIGHT_LAYERS
+
 _ZERO_PRESERVING = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish,
     nn.Hardtanh, nn.Tanh, nn.Softsign,
 )  # fmt: skip
+CONSTANT_OUTPUTS = 1e-6
+"""Relative logit spread at or below which outputs count as constant."""
+CHANCE_ALPHA = 0.01
+"""Significance level of the binomial test of accuracy against the majority-class share."""
 _MAX_POOLS = {nn.MaxPool1d: nn.AvgPool1d, nn.MaxPool2d: nn.AvgPool2d, nn.MaxPool3d: nn.AvgPool3d}
 _ADAPTIVE_MAX_POOLS = {
     nn.AdaptiveMaxPool1d: nn.AdaptiveAvgPool1d,
@@ -46,7 +51,7 @@ def empty_layers(masks: Mapping[str, torch.Tensor]) -> list[str]:
 
 def _path_module(module: nn.Module) -> nn.Module | None:
     """The replacement of `module` in the path network, or None to keep it (a max-pool's dilation is dropped)."""
-    if isinstance(module, _NORMS + _ZERO_PRESERVING):
+    if isinstance(module, NORMS + _ZERO_PRESERVING):
         return nn.Identity()
     if type(module) in _MAX_POOLS:
         return _MAX_POOLS[type(module)](module.kernel_size, module.stride, module.padding, ceil_mode=module.ceil_mode)
@@ -74,14 +79,14 @@ def path_network(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> nn.Modu
     _swap_modules(net)
     with torch.no_grad():
         for name, param in net.named_parameters():
-            if name in masks:
-                param.copy_(masks[name].to(param.device))
-            elif name.rpartition(".")[2] == "bias":
+            if name.rpartition(".")[2] == "bias":  # a bias opens no path from the input, masked or not
                 param.zero_()
+            elif name in masks:
+                param.copy_(masks[name].to(param.device))
             else:
                 param.copy_(param.ne(0))
     for module in net.modules():
-        if isinstance(module, _WEIGHT_LAYERS):
+        if isinstance(module, WEIGHT_LAYERS):
             module.register_forward_hook(_binarise)
     return net
 
@@ -95,8 +100,30 @@ def has_path(model: nn.Module, masks: Mapping[str, torch.Tensor], input_shape: S
     return bool(output.sum() > 0)
 
 
-def collapse_report(model: nn.Module, masks: Mapping[str, torch.Tensor], input_shape: Sequence[int]) -> dict[str, Any]:
-    """`{"collapsed": bool, "empty_layers": [names], "path": bool}`; collapsed = an empty layer or no path."""
-    empty = empty_layers(masks)
-    path = has_path(model, masks, input_shape)
-    return {"collapsed": bool(empty) or not path, "empty_layers": empty, "path": path}
+def structural_collapse(model: nn.Module, masks: Mapping[str, torch.Tensor], input_shape: Sequence[int]) -> dict[str, Any]:
+    """`{"empty_layers": [names], "path": bool}`: an emptied layer, or no input→output path of kept weights."""
+    return {"empty_layers": empty_layers(masks), "path": has_path(model, masks, input_shape)}
+
+
+def functional_collapse(top1: float, n: int, majority: float, output_range: float) -> dict[str, Any]:
+    """`constant_outputs`: the logits do not vary over the evaluation set (relative spread ≤ 1e-6);
+    `at_chance`: top-1 accuracy is not significantly above the majority-class share (one-sided binomial test,
+    p > 0.01; `chance_p`). Either one means the network computes nothing useful, whatever its structure."""
+    from scipy.stats import binomtest
+
+    p = float(binomtest(round(top1 * n), n, min(majority, 1.0), alternative="greater").pvalue) if n else 1.0
+    return {"constant_outputs": output_range <= CONSTANT_OUTPUTS, "at_chance": p > CHANCE_ALPHA, "chance_top1": majority, "chance_p": p}
+
+
+def collapse_report(structural: dict[str, Any], functional: dict[str, Any]) -> dict[str, Any]:
+    """Both checks, `collapsed` if either fired, and `collapse`: which ones fired (comma-separated, "" if none)."""
+    fired = [
+        name for name, hit in (("empty layer", bool(structural["empty_layers"])), ("no path", not structural["path"]),
+                               ("constant outputs", functional["constant_outputs"]), ("at chance", functional["at_chance"]))
+        if hit
+    ]  # fmt: skip
+    return {
+        **structural, **functional, "collapse": ", ".join(fired), "collapsed": bool(fired),
+        "collapsed_structural": bool(structural["empty_layers"]) or not structural["path"],
+        "collapsed_functional": functional["constant_outputs"] or functional["at_chance"],
+    }  # fmt: skip

@@ -14,9 +14,7 @@ so weights, buffers and `.grad` are left as they were.
 
 from __future__ import annotations
 
-import zlib
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -25,7 +23,9 @@ from torch.func import functional_call
 
 from prunelens.errors import PrunelensError
 from prunelens.masks import MaskSet
+from prunelens.modules import eval_mode
 from prunelens.registry import Registry
+from prunelens.seeding import generator, name_key
 
 GRASP_TEMPERATURE = 200.0
 """GraSP divides the logits by this before the loss (Wang et al. 2020, official code)."""
@@ -141,26 +141,14 @@ def lamp(ctx: ScoreContext) -> dict[str, torch.Tensor]:
 
 @SCORES.register("random")
 def random(ctx: ScoreContext) -> dict[str, torch.Tensor]:
-    """s_u ~ U(0, 1) i.i.d. (random-pruning control). Deterministic: each tensor draws from a CPU generator
-    seeded with crc32(f"{ctx.seed}/{name}"), so the same seed gives the same scores on any device. With
-    `layerwise` scope this shuffles within each layer (OpenLTH's default), with `global` over all."""
+    """s_u ~ U(0, 1) i.i.d. (random-pruning control). Deterministic: each tensor draws from the CPU stream
+    (seed, "prune", tensor name), so the same seed gives the same scores on any device and in every round.
+    With `layerwise` scope this shuffles within each layer (OpenLTH's default), with `global` over all."""
     out = {}
     for name, w in ctx.weights().items():
-        gen = torch.Generator().manual_seed(zlib.crc32(f"{ctx.seed}/{name}".encode()))
+        gen = generator(ctx.seed, "prune", name_key(name))
         out[name] = torch.rand(w.shape, generator=gen, dtype=torch.float64).to(w.device)
     return out
-
-
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Run `model` in eval mode, then restore every module's own train/eval flag."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.train(training)
 
 
 def _batch(ctx: ScoreContext, method: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -175,7 +163,7 @@ def _loss(ctx: ScoreContext, method: str, temperature: float = 1.0) -> tuple[dic
     on `ctx.batch` as a function of θ (model in eval mode)."""
     theta = {n: (w * ctx.alive(n, w)).requires_grad_() for n, w in ctx.weights().items()}
     x, y = _batch(ctx, method, next(iter(theta.values())).device)
-    with _eval_mode(ctx.model):
+    with eval_mode(ctx.model):
         logits = functional_call(ctx.model, theta, (x,))
     return theta, nn.functional.cross_entropy(logits / temperature, y)
 
@@ -229,7 +217,7 @@ def synflow(ctx: ScoreContext) -> dict[str, torch.Tensor]:
     state = {n: p.detach().abs().to(dtype) for n, p in ctx.model.named_parameters()}
     state |= {n: b.detach().abs().to(dtype) if b.is_floating_point() else b for n, b in ctx.model.named_buffers()}
     theta = {n: (state[n] * ctx.alive(n, state[n])).requires_grad_() for n in ctx.masks}
-    with _eval_mode(ctx.model):
+    with eval_mode(ctx.model):
         r = functional_call(ctx.model, state | theta, (torch.ones((1, *shape), dtype=dtype, device=device),)).sum()
     grads = torch.autograd.grad(r, list(theta.values()))
     return {n: (g * theta[n]).detach() for n, g in zip(theta, grads)}

@@ -32,7 +32,7 @@ CLASSIFIER_KEEP = 0.2
 """`uniform_plus` keeps at least ⌈20 %⌉ of the classifier's weights (LAMP repo `unifplus`)."""
 
 
-def count(fraction: float, n: int) -> int:
+def ceil_count(fraction: float, n: int) -> int:
     """⌈fraction · n⌉, immune to float noise (0.2 · 15 = 3.0000000000000004 gives 3, not 4)."""
     return math.ceil(round(fraction * n, 9))
 
@@ -81,12 +81,12 @@ def _uniform_plus(masks: MaskSet, names: list[str], fraction: float) -> dict[str
     cannot give is taken from the layers in between at their own common rate. Raises if they cannot supply it.
     (The LAMP repo exempts the first layer only when it is a conv; here any first Conv/Linear layer.)"""
     alive = _alive(masks, names)
-    total = count(fraction, sum(alive.values()))
+    total = ceil_count(fraction, sum(alive.values()))
     layers = [n for n in masks if masks[n].dim() >= 2] or list(masks)
     first, last = layers[0], layers[-1]
     fixed = {first: 0} if first in alive else {}
     rest = {n: a for n, a in alive.items() if n not in fixed}
-    floor = count(CLASSIFIER_KEEP, masks[last].numel())
+    floor = ceil_count(CLASSIFIER_KEEP, masks[last].numel())
     if last in rest and rest[last] * (1 - total / max(sum(rest.values()), 1)) < floor:
         fixed[last] = max(rest.pop(last) - floor, 0)
     return fixed | _spread(rest, total - sum(fixed.values()), "uniform_plus")
@@ -98,7 +98,7 @@ def _erk(masks: MaskSet, names: list[str], fraction: float) -> dict[str, int]:
     with ε solved so that Σ_l kept_l = alive − ⌈p · alive⌉. A tensor that would keep more than its alive
     entries is kept dense and ε is re-solved for the others, until none exceeds its alive count."""
     alive = _alive(masks, names)
-    keep = sum(alive.values()) - count(fraction, sum(alive.values()))
+    keep = sum(alive.values()) - ceil_count(fraction, sum(alive.values()))
     raw = {n: float(sum(masks[n].shape)) for n in names}
     dense: set[str] = set()
     while True:
@@ -115,25 +115,31 @@ ALLOCATIONS: dict[str, Callable[[MaskSet, list[str], float], dict[str, int]]] = 
 """Per-tensor removal counts of the allocation scopes, for (masks, pooled tensors, fraction)."""
 
 
+def own_fractions(names: list[str], layer_fractions: dict[str, float]) -> dict[str, float]:
+    """The tensors matched by a `layer_fractions` pattern → the fraction of the first matching pattern; a
+    pattern matching nothing is an error (a typo would otherwise silently prune at the common rate)."""
+    for pattern in layer_fractions:
+        if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+            raise PrunelensError(f"pruning.layer_fractions: pattern {pattern!r} matches no prunable parameter")
+    rates = {n: next((f for p, f in layer_fractions.items() if fnmatch.fnmatchcase(n, p)), None) for n in names}
+    return {n: rate for n, rate in rates.items() if rate is not None}
+
+
 def groups(masks: MaskSet, scope: str, fraction: float, layer_fractions: dict[str, float]) -> list[tuple[list[str], int]]:
     """Selection groups and how many alive entries each loses: one pool (`global`), one group per tensor
     (`layerwise` and the allocation scopes); tensors matched by a `layer_fractions` pattern always form their
     own group at that fraction."""
     names = list(masks)
-    for pattern in layer_fractions:
-        if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
-            raise PrunelensError(f"pruning.layer_fractions: pattern {pattern!r} matches no prunable parameter")
     alive = _alive(masks, names)
-    rates = {n: next((f for p, f in layer_fractions.items() if fnmatch.fnmatchcase(n, p)), None) for n in names}
-    own = {n: rate for n, rate in rates.items() if rate is not None}
+    own = own_fractions(names, layer_fractions)
     pooled = [n for n in names if n not in own]
-    out = [([n], count(rate, alive[n])) for n, rate in own.items()]
+    out = [([n], ceil_count(rate, alive[n])) for n, rate in own.items()]
     if not pooled:
         return out
     if scope == "global":
-        return out + [(pooled, count(fraction, sum(alive[n] for n in pooled)))]
+        return out + [(pooled, ceil_count(fraction, sum(alive[n] for n in pooled)))]
     if scope == "layerwise":
-        return out + [([n], count(fraction, alive[n])) for n in pooled]
+        return out + [([n], ceil_count(fraction, alive[n])) for n in pooled]
     if scope not in ALLOCATIONS:
         raise PrunelensError(f"pruning.scope: unknown scope {scope!r}; known: global, layerwise, {', '.join(ALLOCATIONS)}")
     return out + [([n], k) for n, k in ALLOCATIONS[scope](masks, pooled, fraction).items()]

@@ -40,10 +40,10 @@ from torch import nn
 from prunelens.errors import PrunelensError
 from prunelens.flops import profile
 from prunelens.masks import MaskSet
+from prunelens.modules import WEIGHT_LAYERS
 from prunelens.pruning.structured import by_group
 
 _Conv = nn.modules.conv._ConvNd
-_LAYERS = (_Conv, nn.Linear)
 
 
 def _torch_pruning() -> Any:
@@ -122,7 +122,7 @@ def _probe(model: nn.Module, example: torch.Tensor) -> dict[nn.Module, tuple[tor
             lo, hi = torch.minimum(lo, ranges[module][0]), torch.maximum(hi, ranges[module][1])
         ranges[module] = (lo, hi)
 
-    handles = [m.register_forward_pre_hook(hook) for m in model.modules() if isinstance(m, _LAYERS)]
+    handles = [m.register_forward_pre_hook(hook) for m in model.modules() if isinstance(m, WEIGHT_LAYERS)]
     try:
         model(example)
     finally:

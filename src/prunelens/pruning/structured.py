@@ -12,16 +12,16 @@ structured ranking (`torch.nn.utils.prune` refuses it too).
 
 from __future__ import annotations
 
-import fnmatch
-import hashlib
 from collections.abc import Mapping
 from typing import Literal
 
 import torch
 from torch import nn
 
-from prunelens.errors import PrunelensError
 from prunelens.masks import MaskSet
+from prunelens.modules import WEIGHT_LAYERS
+from prunelens.pruning.select import own_fractions
+from prunelens.seeding import generator, name_key
 
 Granularity = Literal["filters", "channels"]
 GROUP_DIM: dict[str, int] = {"filters": 0, "channels": 1}
@@ -36,7 +36,7 @@ def structured_weights(model: nn.Module, masks: MaskSet, granularity: Granularit
     weights = {}
     for name, module in model.named_modules():
         key = f"{name}.weight" if name else "weight"
-        if key not in masks or not isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):
+        if key not in masks or not isinstance(module, WEIGHT_LAYERS):
             continue
         if granularity == "channels" and getattr(module, "groups", 1) > 1:
             continue
@@ -44,12 +44,10 @@ def structured_weights(model: nn.Module, masks: MaskSet, granularity: Granularit
     return weights
 
 
-def layer_rates(names: list[str], fraction: float, layer_fractions: Mapping[str, float]) -> dict[str, float]:
+def layer_rates(names: list[str], fraction: float, layer_fractions: dict[str, float]) -> dict[str, float]:
     """Per tensor: the rate of the first `layer_fractions` pattern matching its name, else `fraction`."""
-    for pattern in layer_fractions:
-        if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
-            raise PrunelensError(f"pruning.layer_fractions: pattern {pattern!r} matches no prunable parameter")
-    return {n: next((f for p, f in layer_fractions.items() if fnmatch.fnmatchcase(n, p)), fraction) for n in names}
+    own = own_fractions(names, layer_fractions)
+    return {n: own.get(n, fraction) for n in names}
 
 
 def by_group(tensor: torch.Tensor, dim: int) -> torch.Tensor:
@@ -68,16 +66,10 @@ def group_density(masks: MaskSet, granularity: Granularity) -> dict[str, float]:
     return {name: int(a.sum()) / a.numel() for name, a in alive.items()}
 
 
-def _generator(seed: int, name: str) -> torch.Generator:
-    """A generator seeded from (seed, tensor name), stable across processes (unlike Python's `hash`)."""
-    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
-
-
 def _scores(name: str, weight: torch.Tensor, mask: torch.Tensor, dim: int, norm: float, random: bool, seed: int) -> torch.Tensor:
     """Per group: the Ln norm of the kept weights, or (random) a U(0, 1) draw fixed by (seed, name)."""
     if random:
-        return torch.rand(weight.shape[dim], generator=_generator(seed, name), dtype=torch.float64)
+        return torch.rand(weight.shape[dim], generator=generator(seed, "prune_groups", name_key(name)), dtype=torch.float64)
     kept = by_group(weight.detach().cpu().to(torch.float64) * mask.cpu(), dim)
     return kept.abs().pow(norm).sum(1).pow(1 / norm)
 

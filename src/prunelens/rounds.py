@@ -1,11 +1,12 @@
-"""Pruning schedules (METHODS §5): dense training, then rounds of prune → rewind → retrain.
+"""The round loop (docs/methods.md §6): dense training, then rounds of prune → rewind → retrain.
 
 Every round restarts from θ_start (init, step k, or pretrained weights) — or, with `rewind: none`, from the
 previous round's trained weights (prune + fine-tune) — with a fresh optimiser and LR schedule. IMP, one-shot
 (`rounds: 1`) and iterative pruning (`rounds: n`, `rate: r`) are this one loop with different settings.
 
 A round is resumable as a unit: its record is written last, and everything a round computes depends only on
-stored files and the config, so a killed run resumes to the same masks and metrics.
+stored files, the config and named seed streams, so a killed run resumes to the same masks and metrics. The
+dense round 0 can come from a shared dense run (`dense`): runs that differ only in pruning settings train it once.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
 import torch
@@ -20,22 +22,33 @@ from torch import nn
 
 from prunelens.config import ExperimentConfig, TrainingConfig
 from prunelens.data.base import DataBundle
-from prunelens.data.loader import Loader, generator
+from prunelens.data.loader import Loader
 from prunelens.flops import FlopProfile, profile
+from prunelens.interrupts import check_interrupt
 from prunelens.masks import MaskSet, prunable_names
 from prunelens.progress import Reporter
 from prunelens.pruning import prune
-from prunelens.pruning.collapse import collapse_report
-from prunelens.store import RunStore, round_dir
+from prunelens.pruning.collapse import collapse_report, functional_collapse, structural_collapse
+from prunelens.runs import START, Run, round_file
+from prunelens.seeding import seed_global
 from prunelens.train import evaluate, make_loader, train
 
-START = "start.pt"
-REWIND_PHASE = 10**6  # pseudo round number of the k dense rewind steps
+
+@dataclass(frozen=True)
+class DenseRound:
+    """What a run takes from its shared dense run: θ_start, the trained round-0 weights and their training record."""
+
+    start: dict[str, torch.Tensor]
+    weights: dict[str, torch.Tensor]
+    fit: dict[str, Any]
+
+
+Dense = Callable[[], DenseRound]
 
 
 @dataclass
 class Context:
-    """Everything a schedule needs, built once by the experiment."""
+    """Everything the loop needs, built once by the experiment."""
 
     cfg: ExperimentConfig
     bundle: DataBundle
@@ -64,7 +77,7 @@ class Context:
         if training.batch_size not in self._loaders:
             c, b = self.cfg, self.bundle
             self._loaders[training.batch_size] = make_loader(
-                b, b.train, training.batch_size, c.device, train=True, seed=c.seed, augment=c.dataset.augment
+                b, b.train, training.batch_size, c.device, train=True, seed=c.noise_seed, augment=c.dataset.augment
             )
         return self._loaders[training.batch_size]
 
@@ -73,24 +86,23 @@ class Context:
         return training.epochs * len(self.loader(training))
 
 
-def round_seed(seed: int, r: int) -> int:
-    """Seed of the global torch RNG during round `r` (dropout etc.), independent of what ran before."""
-    return int(generator(seed, r, 7).initial_seed())
-
-
-def start_state(ctx: Context, store: RunStore) -> tuple[dict[str, torch.Tensor], int]:
-    """θ_start and the step training starts from; trains the k dense rewind steps once and stores them."""
+def start_state(ctx: Context, run: Run, dense: Dense | None) -> tuple[dict[str, torch.Tensor], int]:
+    """θ_start and the step training starts from: stored, taken from the dense run, or (for the dense run
+    itself) the initial weights after the k dense rewind steps."""
     p = ctx.cfg.pruning
     k = p.rewind_step if p.rewind == "step" else 0
-    if store.has(START):
-        return store.load_tensors(START), k
-    if k:
-        torch.manual_seed(round_seed(ctx.cfg.seed, REWIND_PHASE))
-        training = ctx.training(0)
-        with ctx.reporter.task(f"rewind: {k} dense steps", total=k) as advance:
-            train(ctx.model, ctx.loader(training), training, None, start_step=0, end_step=k, progress=advance)
-    state = {n: t.detach().clone() for n, t in ctx.model.state_dict().items()}
-    store.save_tensors(START, state)
+    if run.store.has(START):
+        return run.start(), k
+    if dense is not None:
+        state = dense().start
+    else:
+        if k:
+            seed_global(ctx.cfg.noise_seed, "rewind")
+            training = ctx.training(0)
+            with ctx.reporter.task(f"rewind: {k} dense steps", total=k) as advance:
+                train(ctx.model, ctx.loader(training), training, None, start_step=0, end_step=k, progress=advance, where="rewind")
+        state = {n: t.detach().clone() for n, t in ctx.model.state_dict().items()}
+    run.store.save_tensors(START, state)
     return state, k
 
 
@@ -102,15 +114,20 @@ def rewind(model: nn.Module, state: dict[str, torch.Tensor], masks: MaskSet) -> 
 
 def measure(ctx: Context, model: nn.Module, masks: MaskSet) -> dict[str, Any]:
     """Accuracy, loss, densities (nominal from the masks, actual from the weights), parameters, effective FLOPs,
-    and layer collapse (an emptied layer, or no input→output path)."""
+    and collapse: structural (an emptied layer, no input→output path) and functional (constant outputs, or
+    test accuracy at chance). Top-5 is recorded only with more than 5 classes."""
     began = time.perf_counter()
     record: dict[str, Any] = {}
-    for split, loader in ctx.eval_loaders.items():
-        record.update({f"{split}_{k}": v for k, v in evaluate(model, loader).items()})
+    evaluated = {split: evaluate(model, loader) for split, loader in ctx.eval_loaders.items()}
+    for split, result in evaluated.items():
+        keys = ("top1", "top5", "loss") if ctx.bundle.num_classes > 5 else ("top1", "loss")
+        record.update({f"{split}_{k}": result[k] for k in keys})
+    test = evaluated["test"]
     params = dict(model.named_parameters())
     total = sum(p.numel() for p in params.values())
     unmasked = total - masks.total()
     nonzero_prunable = sum(int(params[n].count_nonzero()) for n in masks)
+    functional = functional_collapse(test["top1"], test["n"], test["majority"], test["output_range"])
     record.update(
         density=masks.density(),
         density_actual=nonzero_prunable / max(masks.total(), 1),
@@ -121,7 +138,8 @@ def measure(ctx: Context, model: nn.Module, masks: MaskSet) -> dict[str, Any]:
         total_params=total,
         flops_dense=ctx.flops.total,
         flops_effective=ctx.flops.effective(masks),
-        **collapse_report(model, masks, ctx.input_shape),
+        output_range=test["output_range"],
+        **collapse_report(structural_collapse(model, masks, ctx.input_shape), functional),
         eval_seconds=time.perf_counter() - began,
         layers=masks.layer_density(),
     )
@@ -142,39 +160,37 @@ def lr_offset(ctx: Context, r: int, k: int) -> int:
     return trained - start_step(ctx, r, k)
 
 
-def train_round(ctx: Context, r: int, masks: MaskSet, k: int) -> dict[str, float]:
-    """Train round `r` with a fresh optimiser, enforcing `masks` if persistent."""
+def train_round(ctx: Context, r: int, masks: MaskSet, k: int, label: str | None = None) -> dict[str, float]:
+    """Train round `r` with a fresh optimiser, enforcing `masks` if persistent (the `train` stream seeds dropout)."""
     training = ctx.training(r)
-    torch.manual_seed(round_seed(ctx.cfg.seed, r))
+    seed_global(ctx.cfg.noise_seed, "train", r)
     start, end = start_step(ctx, r, k), ctx.steps(r)
-    with ctx.reporter.task(f"round {r}/{ctx.cfg.pruning.rounds}", total=max(end - start, 0)) as advance:
+    section = "retraining" if r > 0 and ctx.cfg.retraining is not None else "training"
+    with ctx.reporter.task(label or f"round {r}/{ctx.cfg.pruning.rounds}", total=max(end - start, 0)) as advance:
         enforced = masks if ctx.cfg.pruning.persistent else None
         fit = train(
             ctx.model, ctx.loader(training), training, enforced,
-            start_step=start, end_step=end, lr_offset=lr_offset(ctx, r, k), progress=advance,
+            start_step=start, end_step=end, lr_offset=lr_offset(ctx, r, k), progress=advance, where=f"round {r} ({section})",
         )  # fmt: skip
     if ctx.cfg.pruning.persistent:
         masks.check_zero(ctx.model)
     return fit
 
 
-def run_rounds(ctx: Context, store: RunStore, on_round: Callable[[list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]:
-    """Run (or resume, or extend) rounds 0…R in `store` and return their records; `on_round(records so far)`
-    is called after each newly computed round."""
-    cfg, model = ctx.cfg, ctx.model
-    theta_start, k = start_state(ctx, store)
-    done = set(store.rounds_done())
-    records: list[dict[str, Any]] = []
+def run_rounds(ctx: Context, run: Run, dense: Dense | None = None) -> list[dict[str, Any]]:
+    """Run (or resume, or extend) rounds 0…R in `run` (locked) and return every finished round's stored record."""
+    cfg, model, store = ctx.cfg, ctx.model, run.store
+    dense = cache(dense) if dense is not None else None
+    theta_start, k = start_state(ctx, run, dense)
+    done = set(run.rounds())
     masks = trained = None
     for r in range(cfg.pruning.rounds + 1):
-        here = round_dir(r)
+        check_interrupt()
         if r in done:
-            records.append(store.load_json(f"{here}/metrics.json"))
             ctx.reporter.log(f"round {r}: finished earlier, skipped")
             continue
         if r > 0 and trained is None:  # resuming: only the last finished round's state is needed
-            masks = MaskSet(store.load_tensors(f"{round_dir(r - 1)}/masks.pt"))
-            trained = store.load_tensors(f"{round_dir(r - 1)}/weights.pt")
+            masks, trained = run.round(r - 1).masks(), run.round(r - 1).weights()
         began = time.perf_counter()
         if r == 0:
             masks = MaskSet.ones(model, ctx.names)
@@ -182,16 +198,19 @@ def run_rounds(ctx: Context, store: RunStore, on_round: Callable[[list[dict[str,
             model.load_state_dict(trained)
             masks = prune(model, masks, cfg.pruning, next(iter(ctx.loader(ctx.training(r)).epoch(0))), seed=cfg.seed)
         prune_seconds = time.perf_counter() - began
-        rewind(model, trained if cfg.pruning.rewind == "none" and r > 0 else theta_start, masks)
-        fit = train_round(ctx, r, masks, k)
+        if r == 0 and dense is not None:
+            shared = dense()
+            model.load_state_dict(shared.weights)
+            fit = shared.fit
+        else:
+            rewind(model, trained if cfg.pruning.rewind == "none" and r > 0 else theta_start, masks)
+            fit = train_round(ctx, r, masks, k)
         nominal = 1 - (1 - cfg.pruning.round_fraction) ** r
         record = {"round": r, "rate_nominal": nominal, **measure(ctx, model, masks), **fit, "prune_seconds": prune_seconds}
         trained = {n: t.detach().clone() for n, t in model.state_dict().items()}
-        store.save_tensors(f"{here}/masks.pt", masks.state_dict())
-        store.save_tensors(f"{here}/weights.pt", trained)
-        store.save_json(f"{here}/metrics.json", record)
-        records.append(record)
-        ctx.reporter.log(f"round {r}: density {record['density']:.3f}  test top-1 {record['test_top1']:.3f}")
-        if on_round:
-            on_round(records)
-    return records
+        store.save_tensors(round_file(r, "masks.pt"), masks.state_dict())
+        store.save_tensors(round_file(r, "weights.pt"), trained)
+        store.save_json(round_file(r, "metrics.json"), record)
+        collapse = f"  collapsed: {record['collapse']}" if record["collapsed"] else ""
+        ctx.reporter.log(f"round {r}: density {record['density']:.3f}  test top-1 {record['test_top1']:.3f}{collapse}")
+    return run.records()

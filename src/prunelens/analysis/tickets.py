@@ -1,32 +1,25 @@
-"""Comparing lottery tickets (METHODS §11): overlap, Jaccard, per-layer densities, weight stability, collapse.
+"""Comparing lottery tickets (docs/methods.md §11): overlap, Jaccard, per-layer densities, weight stability,
+collapse — against chance levels at the tickets' per-layer densities.
 
 Masks and weights are `{parameter name: tensor}` mappings over the prunable tensors (masks bool, True = kept);
 every table is long format, with `layer` one tensor name or `"all"` (all tensors pooled: N = Σ_l n_l).
-The helpers at the bottom read finished runs from their run store (`compare_runs` is `prunelens compare`).
+The functions at the bottom read finished runs through the run reader (`compare_runs` is `prunelens compare`).
 """
 
 from __future__ import annotations
 
-import io
 import itertools
 import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 import torch
-import yaml
-from torch import nn
 
-from prunelens import config
-from prunelens.data import build_dataset
 from prunelens.errors import PrunelensError
-from prunelens.masks import MaskSet
-from prunelens.models import build_model
-from prunelens.pruning.collapse import collapse_report
-from prunelens.store import RunStore, atomic_write, round_dir
+from prunelens.pruning.collapse import structural_collapse
+from prunelens.runs import Run
 
 Tensors = Mapping[str, torch.Tensor]
 ALL = "all"
@@ -67,18 +60,28 @@ def intersection(masks_list: Sequence[Tensors], names: Sequence[str] | None = No
     return {n: torch.stack([m[n].bool() for m in masks_list]).all(0) for n in masks_list[0]}
 
 
+def _chances(masks_list: Sequence[Tensors]) -> dict[str, float]:
+    """E|O|/n for independent uniform masks at each ticket's own per-layer densities: per layer ∏_t d_{t,l};
+    for `ALL`, Σ_l n_l ∏_t d_{t,l} / N (not ∏_t of pooled densities, which understates it when layers differ)."""
+    sizes = {name: masks_list[0][name].numel() for name in masks_list[0]}
+    per_layer = {name: math.prod(int(m[name].sum()) / n for m in masks_list) if n else math.nan for name, n in sizes.items()}
+    total = sum(sizes.values())
+    return {**per_layer, ALL: sum(sizes[name] * per_layer[name] for name in sizes) / total if total else math.nan}
+
+
 def overlap(masks_list: Sequence[Tensors], names: Sequence[str] | None = None) -> pd.DataFrame:
     """Common overlap per (layer, ticket): `n` (entries), `kept` |M_t|, `density` d_t = |M_t|/n, `overlap` |O|,
-    `frac_all` = |O|/n, `frac_kept` = |O|/|M_t|, `chance` = ∏_t d_t (E|O|/n for independent uniform masks)
-    and `ratio` = frac_all / chance. NaN where a denominator is 0."""
+    `frac_all` = |O|/n, `frac_kept` = |O|/|M_t|, `chance` = E|O|/n for independent uniform masks at the tickets'
+    per-layer densities (`_chances`) and `ratio` = frac_all / chance. NaN where a denominator is 0."""
     labels = _labels(names, len(masks_list))
     common = _by_layer(intersection(masks_list, names))
     tickets = [_by_layer(m) for m in masks_list]
+    chances = _chances(masks_list)
     rows = []
     for layer, shared in common.items():
         n, both = shared.numel(), int(shared.sum())
         kept = [int(t[layer].sum()) for t in tickets]
-        chance = math.prod(k / n for k in kept)
+        chance = chances[layer]
         for label, k in zip(labels, kept):
             rows.append(
                 {"layer": layer, "ticket": label, "n": n, "kept": k, "density": k / n, "overlap": both, "frac_all": both / n,
@@ -88,16 +91,25 @@ def overlap(masks_list: Sequence[Tensors], names: Sequence[str] | None = None) -
 
 
 def pairwise_jaccard(masks_list: Sequence[Tensors], names: Sequence[str] | None = None) -> pd.DataFrame:
-    """J(a, b) = |M^a ∩ M^b| / |M^a ∪ M^b| per pair a < b and layer (NaN for two empty masks)."""
+    """J(a, b) = |M^a ∩ M^b| / |M^a ∪ M^b| per pair a < b and layer (NaN for two empty masks), with `chance` =
+    E|∩| / E|∪| for independent uniform masks at the two tickets' per-layer densities (n d_a d_b over
+    n (d_a + d_b − d_a d_b), summed over layers for `ALL`) and `ratio` = jaccard / chance."""
     check_compatible(masks_list, names)
     labels = _labels(names, len(masks_list))
     tickets = [_by_layer({n: m.bool() for n, m in masks.items()}) for masks in masks_list]
     rows = []
     for (a, ma), (b, mb) in itertools.combinations(zip(labels, tickets), 2):
+        expected = {}
+        for layer in masks_list[0]:
+            n, da, db = ma[layer].numel(), float(ma[layer].float().mean()), float(mb[layer].float().mean())
+            expected[layer] = (n * da * db, n * (da + db - da * db))
+        expected[ALL] = tuple(sum(e[i] for e in expected.values()) for i in (0, 1))
         for layer in ma:
             inter, union = int((ma[layer] & mb[layer]).sum()), int((ma[layer] | mb[layer]).sum())
-            rows.append({"a": a, "b": b, "layer": layer, "intersection": inter, "union": union, "jaccard": _ratio(inter, union)})
-    return pd.DataFrame(rows, columns=["a", "b", "layer", "intersection", "union", "jaccard"])
+            jaccard, chance = _ratio(inter, union), _ratio(*expected[layer])
+            rows.append({"a": a, "b": b, "layer": layer, "intersection": inter, "union": union, "jaccard": jaccard,
+                         "chance": chance, "ratio": _ratio(jaccard, chance)})  # fmt: skip
+    return pd.DataFrame(rows, columns=["a", "b", "layer", "intersection", "union", "jaccard", "chance", "ratio"])
 
 
 class Stability(NamedTuple):
@@ -154,127 +166,100 @@ def stability_summary(stability: Mapping[str, Stability], overlap_mask: Tensors)
 # --- runs ---------------------------------------------------------------------------------------------------
 
 
-def _masks(store: RunStore, r: int) -> MaskSet:
-    return MaskSet(store.load_tensors(f"{round_dir(r)}/masks.pt"))
-
-
-def layer_density_table(run_dir: Path) -> pd.DataFrame:
+def layer_density_table(run: Run) -> pd.DataFrame:
     """Per finished round and masked tensor: `density` d_l and `global_density` d (prunable weights), from the
     stored masks."""
-    store = RunStore(Path(run_dir))
     rows = []
-    for r in store.rounds_done():
-        masks = _masks(store, r)
+    for r in run.rounds():
+        masks = run.round(r).masks()
         density = masks.density()
         rows += [{"round": r, "layer": n, "density": d, "global_density": density} for n, d in masks.layer_density().items()]
     if not rows:
-        raise PrunelensError(f"{run_dir}: no finished rounds")
+        raise PrunelensError(f"{run.root}: no finished rounds")
     return pd.DataFrame(rows)
 
 
-def plot_layer_density(table: pd.DataFrame, path: Path) -> Path:
-    """Layer sparsity s_l = 1 − d_l against global sparsity s = 1 − d, one curve per layer (and per `run`, if the
-    table has that column); the diagonal is uniform pruning. Written atomically as a PNG."""
-    from matplotlib.figure import Figure  # no pyplot: no global figure state or backend switch
-
-    fig = Figure(figsize=(6, 4.5), layout="constrained")
-    ax = fig.subplots()
-    keys = [c for c in ("run", "layer") if c in table.columns]
-    for key, curve in table.sort_values("round", kind="stable").groupby(keys, sort=False):
-        ax.plot(1 - curve["global_density"], 1 - curve["density"], marker="o", markersize=3, label=": ".join(map(str, key)))
-    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
-    ax.set(xlabel="global sparsity 1 − d (prunable weights)", ylabel="layer sparsity 1 − d_l", xlim=(0, 1), ylim=(0, 1.02))
-    ax.legend(fontsize="x-small")
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    atomic_write(Path(path), buffer.getvalue())
-    return Path(path)
-
-
-def run_model(run_dir: Path) -> tuple[nn.Module, tuple[int, ...]]:
-    """The run's architecture, built from its `config.yaml` (the dataset only gives the shapes; `model.weights`
-    is not loaded), and its input shape (C, H, W)."""
-    store = RunStore(Path(run_dir))
-    cfg = config.from_dict(yaml.safe_load(store.read("config.yaml")) or {}, source=str(store.root / "config.yaml"))
-    bundle = build_dataset(cfg.dataset, cfg.seed)
-    model = build_model(cfg.model.model_copy(update={"weights": None}), bundle.num_classes, bundle.in_channels, bundle.image_size)
-    return model.eval(), (bundle.in_channels, *bundle.image_size)
-
-
-def _load_round(store: RunStore, model: nn.Module, r: int) -> MaskSet:
-    """Load round `r`'s trained weights into `model`; return its masks."""
-    model.load_state_dict(store.load_tensors(f"{round_dir(r)}/weights.pt"))
-    return _masks(store, r)
-
-
-def load_round_model(run_dir: Path, round: int) -> tuple[nn.Module, MaskSet]:
-    """The trained model of `round` (eval mode) and its masks."""
-    model, _ = run_model(run_dir)
-    return model, _load_round(RunStore(Path(run_dir)), model, round)
-
-
-def _collapse_table(run_dir: Path, rounds: Sequence[int]) -> pd.DataFrame:
-    model, shape = run_model(run_dir)
-    store = RunStore(Path(run_dir))
+def collapse_table(run: Run, rounds: Sequence[int]) -> pd.DataFrame:
+    """Per round: structural collapse recomputed from the stored masks and weights, and the functional flags
+    the round recorded (absent in runs of format 1: NaN)."""
     rows = []
     for r in rounds:
-        masks = _load_round(store, model, r)
-        report = collapse_report(model, masks, shape)
-        rows.append({"round": r, "density": masks.density(), "collapsed": report["collapsed"], "path": report["path"],
-                     "empty_layers": ",".join(report["empty_layers"])})  # fmt: skip
+        view = run.round(r)
+        masks, record = view.masks(), view.record()
+        report = structural_collapse(view.model(), masks, run.input_shape)
+        rows.append({
+            "round": r, "density": masks.density(), "empty_layers": ",".join(report["empty_layers"]), "path": report["path"],
+            "collapsed_structural": bool(report["empty_layers"]) or not report["path"],
+            "collapsed_functional": record.get("collapsed_functional", math.nan), "collapse": record.get("collapse", ""),
+        })  # fmt: skip
     return pd.DataFrame(rows)
 
 
-def _stability_table(store: RunStore, rounds: Sequence[int], common: Tensors) -> pd.DataFrame:
-    weights = [store.load_tensors(f"{round_dir(r)}/weights.pt") for r in rounds]
-    return stability_summary(weight_stability(weights, [_masks(store, r) for r in rounds]), common)
+def stability_table(run: Run, rounds: Sequence[int], common: Tensors) -> pd.DataFrame:
+    views = [run.round(r) for r in rounds]
+    return stability_summary(weight_stability([v.weights() for v in views], [v.masks() for v in views]), common)
 
 
-def compared_round(stores: Sequence[RunStore], round: int | None) -> int:
+def compared_round(runs: Sequence[Run], round: int | None) -> int:
     """`round` if every run finished it, else (None) the last round all runs finished."""
-    done = [set(s.rounds_done()) for s in stores]
-    for store, rounds in zip(stores, done):
+    done = [set(run.rounds()) for run in runs]
+    for run, rounds in zip(runs, done):
         if not rounds:
-            raise PrunelensError(f"{store.root}: no finished rounds")
+            raise PrunelensError(f"{run.root}: no finished rounds")
         if round is not None and round not in rounds:
-            raise PrunelensError(f"{store.root}: round {round} is not finished (last finished: {max(rounds)})")
+            raise PrunelensError(f"{run.root}: round {round} is not finished (last finished: {max(rounds)})")
     common = set.intersection(*done)
     if not common:
         raise PrunelensError("the runs have no finished round in common")
     return max(common) if round is None else round
 
 
-def _run_labels(run_dirs: Sequence[Path]) -> list[str]:
-    """Directory names, or full paths where names repeat."""
-    names = [Path(d).name for d in run_dirs]
-    return names if len(set(names)) == len(names) else [str(d) for d in run_dirs]
+def run_labels(runs: Sequence[Run]) -> list[str]:
+    """Each run named by the config fields in which the runs differ (`pruning.method=l1 seed=1`), or by its
+    directory name when their configs agree (or differ only in fields not in the run id)."""
+    flat = [dict(_flatten(run.canonical)) for run in runs]
+    keys = sorted({k for f in flat for k in f if len({repr(g.get(k)) for g in flat}) > 1})
+    labels = [" ".join(f"{k}={f.get(k, 'default')}" for k in keys) for f in flat]
+    if keys and len(set(labels)) == len(labels):
+        return labels
+    names = [run.root.name for run in runs]
+    return names if len(set(names)) == len(names) else [str(run.root) for run in runs]
+
+
+def _flatten(data: Mapping[str, object], prefix: str = "") -> list[tuple[str, object]]:
+    out: list[tuple[str, object]] = []
+    for key, value in data.items():
+        if isinstance(value, Mapping) and value:
+            out += _flatten(value, f"{prefix}{key}.")
+        else:
+            out.append((f"{prefix}{key}", value))
+    return out
 
 
 def _per_run(labels: Sequence[str], frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
     return pd.concat([f.assign(run=label)[["run", *f.columns]] for label, f in zip(labels, frames)], ignore_index=True)
 
 
-def compare_runs(run_dirs: Sequence[Path], round: int | None = None, labels: Sequence[str] | None = None) -> dict[str, pd.DataFrame]:
-    """Compare the tickets of `run_dirs` at `round` (default: the last round all runs finished).
+def compare_runs(runs: Sequence[Run], round: int | None = None, labels: Sequence[str] | None = None) -> dict[str, pd.DataFrame]:
+    """Compare the tickets of `runs` at `round` (default: the last round all runs finished).
 
     Tables: `overlap` and `jaccard` of the tickets at that round; per run, over its rounds 0…round:
-    `stability` (weights in vs out of the common overlap O), `collapse` (empty layers, path test) and
-    `density` (per-layer vs global density, for `plot_layer_density`). Runs must share parameter names and shapes.
-    `labels` name the runs in the tables (default: their directory names).
+    `stability` (weights in vs out of the common overlap O), `collapse` (structural and functional) and
+    `density` (per-layer vs global density). Runs must share parameter names and shapes. `labels` name the
+    runs in the tables (default: `run_labels`).
     """
-    if not run_dirs:
+    if not runs:
         raise PrunelensError("compare: no runs given")
-    stores = [RunStore(Path(d)) for d in run_dirs]
-    labels = list(labels) if labels is not None else _run_labels(run_dirs)
-    r = compared_round(stores, round)
-    tickets = [_masks(s, r) for s in stores]
-    common = intersection(tickets, [str(s.root) for s in stores])
-    history = [[q for q in s.rounds_done() if q <= r] for s in stores]
-    densities = [layer_density_table(d) for d in run_dirs]
+    labels = list(labels) if labels is not None else run_labels(runs)
+    r = compared_round(runs, round)
+    tickets = [run.round(r).masks() for run in runs]
+    common = intersection(tickets, [str(run.root) for run in runs])
+    history = [[q for q in run.rounds() if q <= r] for run in runs]
+    densities = [layer_density_table(run) for run in runs]
     return {
         "overlap": overlap(tickets, labels),
         "jaccard": pairwise_jaccard(tickets, labels),
-        "stability": _per_run(labels, [_stability_table(s, h, common) for s, h in zip(stores, history)]),
-        "collapse": _per_run(labels, [_collapse_table(d, h) for d, h in zip(run_dirs, history)]),
+        "stability": _per_run(labels, [stability_table(run, h, common) for run, h in zip(runs, history)]),
+        "collapse": _per_run(labels, [collapse_table(run, h) for run, h in zip(runs, history)]),
         "density": _per_run(labels, [t[t["round"] <= r] for t in densities]),
     }

@@ -9,25 +9,25 @@ results say what is simulated (masked, effective FLOPs) and what is real (shrunk
 from __future__ import annotations
 
 import io
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from prunelens.analyze import eval_batch, load_round
-from prunelens.experiment import load_run_config, prepare
+from prunelens.data import build_dataset
+from prunelens.errors import PrunelensError
+from prunelens.lenses.data import LensData
 from prunelens.pruning.shrink import compare_latency, footprint, shrink
-from prunelens.store import RunStore, round_dir
+from prunelens.runs import Run, round_file
 
 
-def shrink_round(run_dir: Path, r: int | None = None, batch: int = 32, repeats: int = 20) -> dict[str, Any]:
+def shrink_round(run: Run, r: int | None = None, batch: int = 32, repeats: int = 20) -> dict[str, Any]:
     """Shrink round `r` (default: the last finished) of a run; returns and stores the comparison."""
-    store = RunStore(run_dir)
-    r = store.rounds_done()[-1] if r is None else r
-    cfg = load_run_config(run_dir)
-    bundle, build = prepare(cfg)
-    model, masks, _ = load_round(store, build, r, "cpu")
-    example = eval_batch(bundle, batch, "cpu").images
+    if not run.rounds():
+        raise PrunelensError(f"{run.root}: no finished rounds")
+    r = run.rounds()[-1] if r is None else r
+    view = run.round(r)
+    model, masks = view.model("cpu"), view.masks()
+    example = LensData(build_dataset(run.data_config), "cpu", batch).eval_batch.images
     small = shrink(model, masks, example).eval()
     report = {
         "round": r,
@@ -39,6 +39,7 @@ def shrink_round(run_dir: Path, r: int | None = None, batch: int = 32, repeats: 
     program = io.BytesIO()
     batch_dim = torch.export.Dim("batch", min=1)
     torch.export.save(torch.export.export(small, (example,), dynamic_shapes=({0: batch_dim},)), program)
-    store.write(f"{round_dir(r)}/shrunk.pt2", program.getvalue())
-    store.save_json(f"{round_dir(r)}/shrink.json", report)
+    with run.writing():
+        run.store.write(round_file(r, "shrunk.pt2"), program.getvalue())
+        run.store.save_json(round_file(r, "shrink.json"), report)
     return report

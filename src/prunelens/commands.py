@@ -1,0 +1,163 @@
+"""The `prunelens` commands (parsed in cli.py). Every command reads runs through the run reader."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import typing
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from prunelens import config as config_mod
+from prunelens.analyze import LensTable
+from prunelens.config import ExperimentConfig, LensConfig, PruningConfig
+from prunelens.data import DATASETS, build_dataset
+from prunelens.errors import PrunelensError
+from prunelens.experiment import analyze_run, prepare, run, summary
+from prunelens.lenses import LENSES
+from prunelens.models import MODELS
+from prunelens.pruning import SCORES
+from prunelens.runs import Run, round_file
+from prunelens.store import atomic_write
+from prunelens.sweep import Sweep, load, run_sweep
+
+QUICKSTART = "quickstart.yaml"
+
+
+def quickstart_config() -> ExperimentConfig:
+    """The built-in default experiment (the same file as configs/quickstart.yaml)."""
+    with resources.as_file(resources.files("prunelens") / "configs" / QUICKSTART) as path:
+        return config_mod.load(path)
+
+
+def print_table(frame: pd.DataFrame, title: str) -> None:
+    table = Table(title=title)
+    for col in frame.columns:
+        table.add_column(str(col), justify="right")
+    for row in frame.itertuples(index=False):
+        table.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row])
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
+
+
+def print_lenses(tables: list[LensTable], run_dir: Path) -> None:
+    for lens in tables:
+        headline = LENSES.get(lens.name).headline(lens.table)
+        if headline is not None:
+            print_table(headline, f"{lens.key}: explanations vs density (all numbers: {run_dir / f'lens_{lens.key}.csv'})")
+
+
+def overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Config overrides given on the command line."""
+    fields = {"output_dir": args.output_dir, "device": args.device, "threads": args.threads}
+    out: dict[str, Any] = {k: v for k, v in fields.items() if v is not None}
+    if args.rounds is not None:
+        out["pruning"] = {"rounds": args.rounds}
+    return out
+
+
+def loaded(path: str | None) -> Sweep | ExperimentConfig:
+    return load(path) if path else quickstart_config()
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    target, changes = loaded(args.config), overrides(args)
+    if isinstance(target, Sweep):
+        for point in target.points:
+            point.cfg = point.cfg.with_overrides(**changes) if changes else point.cfg
+        table = run_sweep(target, quiet=args.quiet)
+        print_table(table, f"sweep {target.name}: {len(target.points)} runs ({target.out_dir / 'summary.csv'})")
+        return
+    cfg = target.with_overrides(**changes) if changes else target
+    result = run(cfg, quiet=args.quiet)
+    print_table(summary(result.records), f"{cfg.name}: accuracy vs density ({result.run_dir})")
+    print_lenses(result.lenses, result.run_dir)
+
+
+def cmd_check(args: argparse.Namespace) -> None:
+    """Validate the config(s) and every input they name (data files, weights, lens fit) without writing."""
+    target = loaded(args.config)
+    configs = [p.cfg for p in target.points] if isinstance(target, Sweep) else [target]
+    if args.output_dir:
+        configs = [cfg.with_overrides(output_dir=args.output_dir) for cfg in configs]
+    bundles: dict[str, Any] = {}
+    for cfg in configs:
+        key = cfg.dataset.model_dump_json()
+        bundles[key] = bundles.get(key) or build_dataset(cfg.dataset)
+        prepare(cfg, bundles[key])
+    print(f"ok: {len(configs)} run(s) would go to {', '.join(sorted({str(c.run_dir) for c in configs}))}")
+
+
+def cmd_list(args: argparse.Namespace) -> None:
+    scopes = typing.get_args(PruningConfig.model_fields["scope"].annotation)
+    granularities = typing.get_args(PruningConfig.model_fields["granularity"].annotation)
+    for title, names in (
+        ("datasets", DATASETS.names()), ("models", MODELS.names()), ("pruning methods", SCORES.names()),
+        ("pruning scopes", scopes), ("granularities", granularities), ("lenses", LENSES.names()),
+    ):  # fmt: skip
+        print(f"{title}: {', '.join(names)}")
+
+
+def open_run(args: argparse.Namespace, name: str | None = None) -> Run:
+    return Run.open(name or args.run, Path(args.output_dir or "runs"))
+
+
+def cmd_show(args: argparse.Namespace) -> None:
+    found = open_run(args)
+    print_table(summary(found.records()), str(found.root))
+
+
+def cmd_analyze(args: argparse.Namespace) -> None:
+    found = open_run(args)
+    lenses = [LensConfig(name=n.strip()) for n in args.explain.split(",") if n.strip()] if args.explain else None
+    print_lenses(analyze_run(found, lenses, quiet=args.quiet, force=args.force), found.root)
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    from prunelens.analysis.reinit import partial_reinit
+    from prunelens.analysis.tickets import compare_runs, compared_round
+    from prunelens.report.figures import layer_density_figure, png
+
+    runs = [open_run(args, name) for name in args.runs]
+    if len(runs) < 2:
+        raise PrunelensError("compare: give at least two runs")
+    tables = compare_runs(runs, args.round)
+    out = Path(args.out) if args.out else Path(args.output_dir or "runs") / "compare" / "+".join(sorted(r.root.name for r in runs))
+    for name, table in tables.items():
+        atomic_write(out / f"{name}.csv", table.to_csv(index=False).encode())
+    atomic_write(out / "layer_density.png", png(layer_density_figure(tables["density"]), dpi=120))
+    overall = tables["overlap"][tables["overlap"]["layer"] == "all"]
+    print_table(overall, f"ticket overlap vs chance at the tickets' per-layer densities ({out})")
+    if args.reinit:
+        r = compared_round(runs, args.round)
+        table = partial_reinit(runs, r, out)
+        print_table(table, f"partial re-initialisation: survival of the overlap at round {r} vs chance")
+
+
+def cmd_shrink(args: argparse.Namespace) -> None:
+    from prunelens.analysis.shrink import shrink_round
+
+    found = open_run(args)
+    report = shrink_round(found, args.round, batch=args.batch, repeats=args.repeats)
+    rows = [
+        {"model": kind, "params": report[kind]["params"], "flops": report[kind]["flops"],
+         "flops_effective": report[kind].get("flops_effective", report[kind]["flops"]),
+         "latency_median_ms": 1e3 * report["latency"][kind]["median"]}
+        for kind in ("masked", "shrunk")
+    ]  # fmt: skip
+    print_table(pd.DataFrame(rows), f"round {report['round']}: masked (simulated) vs shrunk (physical), batch {args.batch}")
+    if report["shrunk"]["params"] == report["masked"]["params"]:
+        print("no whole filter or input channel is pruned: unstructured sparsity cannot be removed physically")
+    print(f"measured speed-up: {report['latency']['speedup']:.2f}x; model saved as {found.root / round_file(report['round'], 'shrunk.pt2')}")
+
+
+def cmd_control(args: argparse.Namespace) -> None:
+    from prunelens.analysis.controls import run_controls
+
+    found = open_run(args)
+    table = run_controls(found, args.kind, quiet=args.quiet)
+    print_table(table, f"ticket vs {args.kind} control ({found.root / f'controls_{args.kind}.csv'})")
