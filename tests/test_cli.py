@@ -17,6 +17,7 @@ import yaml
 from test_experiment import assert_same, outcome
 
 from prunelens.cli import main
+from prunelens.runs import Run
 from prunelens.store import RunStore
 
 
@@ -212,9 +213,7 @@ def test_shrink_command_exports_equal_smaller_model(tmp_path, capsys):
     report = RunStore(cfg.run_dir).load_json("rounds/001/shrink.json")
     assert report["shrunk"]["params"] < report["masked"]["params"]
     program = torch.export.load(cfg.run_dir / "rounds/001/shrunk.pt2")
-    from prunelens.lenses.tickets import load_round_model
-
-    model, _ = load_round_model(cfg.run_dir, 1)
+    model = Run(cfg.run_dir).round(1).model()
     x = torch.randn(4, 3, 16, 16)
     assert torch.allclose(program.module()(x), model(x), atol=1e-5)
 

@@ -236,7 +236,9 @@ def test_medmnist_member_that_is_not_an_array(tmp_path: Path) -> None:
         for key, array in splits().items():
             buffer = io.BytesIO()
             np.save(buffer, array)
-            archive.writestr(key if key == "train_images" else f"{key}.npy", b"hello" if key == "train_images" else buffer.getvalue())
+            archive.writestr(
+                key if key == "train_images" else f"{key}.npy", b"hello" if key == "train_images" else buffer.getvalue()
+            )
     one_line_error(lambda: build("medmnist", path), path, "cannot read 'train_images'")
 
 
@@ -274,7 +276,11 @@ def hostile_tree(root: Path, truncate_at: int | None) -> dict[str, Path]:
         for label, name in enumerate(("cat", "dog")):
             good_images(root / part / name, n, label)
     data = jpeg_bytes()
-    bad = {"text": root / "train" / "cat" / "notes.jpg", "cut": root / "train" / "dog" / "cut.jpg", "bomb": root / "test" / "dog" / "bomb.png"}
+    bad = {
+        "text": root / "train" / "cat" / "notes.jpg",
+        "cut": root / "train" / "dog" / "cut.jpg",
+        "bomb": root / "test" / "dog" / "bomb.png",
+    }
     bad["text"].write_text("this is not an image\n")
     bad["cut"].write_bytes(data[: truncate_at or len(data) // 2])
     bad["bomb"].write_bytes(png_bomb())
@@ -293,7 +299,10 @@ def test_imagefolder_in_memory_skips_and_counts_unreadable_files(tmp_path: Path)
     assert isinstance(bundle.train, TensorSplit)
     assert len(bundle.train) + len(bundle.val) == 20 and len(bundle.test) == 8
     train_note, test_note = bundle.notes
-    assert train_note == f"imagefolder: skipped 2 unreadable image file(s) in train (first: {bad['text']}: cannot identify image file)"
+    assert (
+        train_note
+        == f"imagefolder: skipped 2 unreadable image file(s) in train (first: {bad['text']}: cannot identify image file)"
+    )
     assert test_note.startswith(f"imagefolder: skipped 1 unreadable image file(s) in test (first: {bad['bomb']}: ")
     assert "decompression bomb" in test_note and all("\n" not in note for note in bundle.notes)
 
@@ -309,7 +318,10 @@ def test_imagefolder_streamed_skips_unreadable_files_and_iterates(tmp_path: Path
     paths = {path for path, _ in train_folder.samples}
     assert len(paths) == 20 and not {str(bad["text"]), str(bad["cut"])} & paths
     assert train_folder.targets == [t for _, t in train_folder.samples]
-    assert bundle.notes[0] == f"imagefolder: skipped 2 unreadable image file(s) in train (first: {bad['text']}: cannot identify image file)"
+    assert (
+        bundle.notes[0]
+        == f"imagefolder: skipped 2 unreadable image file(s) in train (first: {bad['text']}: cannot identify image file)"
+    )
     assert bundle.notes[1].startswith("imagefolder: skipped 1 unreadable image file(s) in test") and len(bundle.notes) == 2
     for split in (bundle.train, bundle.val, bundle.test):
         batches = list(DataLoader(split.dataset, batch_size=4))
@@ -331,8 +343,9 @@ def test_imagefolder_split_without_readable_images(tmp_path: Path) -> None:
         good_images(tmp_path / part / "cat", 3, 0)
     for image in (tmp_path / "test" / "cat").iterdir():
         image.write_bytes(b"GIF89a broken")
-    for options in ({}, {"in_memory_max": 1}):
-        one_line_error(lambda: build("imagefolder", tmp_path, options=options), tmp_path / "test", "no readable image")
+    for streamed in (False, True):
+        options = {"in_memory_max": 1} if streamed else {}
+        one_line_error(lambda o=options: build("imagefolder", tmp_path, options=o), tmp_path / "test", "no readable image")
 
 
 def test_imagefolder_pixels_truncated_in_every_file_of_a_split(tmp_path: Path) -> None:
@@ -343,6 +356,7 @@ def test_imagefolder_pixels_truncated_in_every_file_of_a_split(tmp_path: Path) -
     one_line_error(lambda: build("imagefolder", tmp_path), tmp_path / "test", "no readable image", "image file is truncated")
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs os.mkfifo")
 def test_imagefolder_special_files_are_skipped_not_opened(tmp_path: Path) -> None:
     for part in ("train", "test"):
         good_images(tmp_path / part / "cat", 3, 0)
@@ -396,7 +410,9 @@ def test_csv_empty_or_out_of_range_pixel(tmp_path: Path) -> None:
     rows = [[row[-1], *row[:-1]] for row in csv_rows()]
     rows[5] = rows[5][:-1]  # a short row: its last pixel is an empty cell
     path = write_csv(tmp_path / "short.csv", rows, header=["label", "a", "b", "c", "d"])
-    one_line_error(lambda: build("csv", path), path, "pixel values must be numbers in 0–255, found an empty cell in data row 6, column 'd'")
+    one_line_error(
+        lambda: build("csv", path), path, "pixel values must be numbers in 0–255, found an empty cell in data row 6, column 'd'"
+    )
     rows = csv_rows()
     rows[9][2] = "99999999999999999999999"
     path = write_csv(tmp_path / "huge.csv", rows)
@@ -462,8 +478,10 @@ def test_csv_split_column(tmp_path: Path) -> None:
     path = write_csv(tmp_path / "y.csv", rows, ["p0", "p1", "p2", "p3", "y", "split"])  # default label: last but split
     bundle = build("csv", path)
     assert bundle.num_classes == 2 and bundle.train.images.shape[1:] == (1, 2, 2) and len(bundle.test) == 3
-    action = lambda: build("csv", path, options={"label_column": "split"})  # noqa: E731
-    one_line_error(action, path, "dataset.options.label_column: 'split' is the split column")
+    split_label = {"label_column": "split"}
+    one_line_error(
+        lambda: build("csv", path, options=split_label), path, "dataset.options.label_column: 'split' is the split column"
+    )
 
 
 def test_csv_gzip_truncated(tmp_path: Path) -> None:

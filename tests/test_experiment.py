@@ -6,7 +6,8 @@ import torch
 
 from prunelens.experiment import run
 from prunelens.masks import MaskSet
-from prunelens.schedules import rewind
+from prunelens.rounds import rewind
+from prunelens.runs import Run
 from prunelens.store import RunStore
 
 TIMINGS = {"train_seconds", "eval_seconds", "prune_seconds"}
@@ -94,8 +95,9 @@ def test_rewind_modes_run(tiny, mode):
 
 def test_layer_collapse_is_flagged(tiny):
     result = run(tiny(pruning={"layer_fractions": {"fc.weight": 0.99}, "rounds": 2}), quiet=True)
-    flags = [(rec["collapsed"], rec["empty_layers"]) for rec in result.records]
+    flags = [(rec["collapsed_structural"], rec["empty_layers"]) for rec in result.records]
     assert flags[0] == (False, []) and flags[2] == (True, ["fc.weight"])
+    assert result.records[2]["collapsed"] and "empty layer" in result.records[2]["collapse"]
 
 
 # 10 steps per round. none: rounds start at step 0, so round r continues at 10·r. step (k = 3): every round
@@ -106,7 +108,7 @@ def test_lr_offset_continues_the_schedule(rewind, expected):
     from types import SimpleNamespace
 
     from prunelens.config import PruningConfig
-    from prunelens.schedules import lr_offset
+    from prunelens.rounds import lr_offset
 
     pruning = PruningConfig(rewind=rewind, rewind_step=3, lr_reset=False)
     ctx = SimpleNamespace(cfg=SimpleNamespace(pruning=pruning), steps=lambda r: 10)
@@ -117,7 +119,7 @@ def test_lr_offset_continues_the_schedule(rewind, expected):
 
 
 def test_random_masks_keep_per_layer_counts():
-    from prunelens.controls import random_masks
+    from prunelens.analysis.controls import random_masks
 
     masks = MaskSet({"a": torch.rand(20, 30) > 0.7, "b": torch.rand(50) > 0.2})
     shuffled = random_masks(masks, seed=3)
@@ -128,14 +130,14 @@ def test_random_masks_keep_per_layer_counts():
 
 @pytest.mark.parametrize("kind", ["random_reinit", "random_prune"])
 def test_controls_train_per_round_and_cache(tiny, kind):
-    from prunelens.controls import run_controls
+    from prunelens.analysis.controls import run_controls
 
     result = run(tiny(), quiet=True)
-    table = run_controls(result.run_dir, kind, quiet=True)
+    table = run_controls(Run(result.run_dir), kind, quiet=True)
     assert table["round"].tolist() == [1, 2]
     assert table["ticket_test_top1"].tolist() == [rec["test_top1"] for rec in result.records[1:]]
     stored = RunStore(result.run_dir).load_json(f"controls/{kind}/round_001.json")
     assert stored["density"] == pytest.approx(result.records[1]["density"])  # same per-layer counts
     stamp = (result.run_dir / f"controls/{kind}/round_001.json").stat().st_mtime_ns
-    assert run_controls(result.run_dir, kind, quiet=True).equals(table)
+    assert run_controls(Run(result.run_dir), kind, quiet=True).equals(table)
     assert (result.run_dir / f"controls/{kind}/round_001.json").stat().st_mtime_ns == stamp

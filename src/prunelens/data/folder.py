@@ -173,7 +173,9 @@ def imagefolder(cfg: DatasetConfig, seed: int) -> DataBundle:
     return bundle
 
 
-def _streamed(cfg: DatasetConfig, seed: int, folders: dict[str, ImageFolder], options: dict[str, Any], classes: list[str]) -> DataBundle:
+def _streamed(
+    cfg: DatasetConfig, seed: int, folders: dict[str, ImageFolder], options: dict[str, Any], classes: list[str]
+) -> DataBundle:
     size = cfg.image_size or 224
     stats = _stats(options, 3) or IMAGENET_STATS
     transform = transforms.Compose(

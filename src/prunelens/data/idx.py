@@ -69,9 +69,7 @@ def _read_header(path: Path, stream: BinaryIO) -> tuple[np.dtype, tuple[int, ...
         raise PrunelensError(f"{path}: IDX header claims {ndim} dimensions (at most {MAX_NDIM} are supported)")
     dims = stream.read(4 * ndim)
     if len(dims) < 4 * ndim:
-        raise PrunelensError(
-            f"{path}: truncated IDX header ({ndim} dimensions need {4 + 4 * ndim} bytes, found {4 + len(dims)})"
-        )
+        raise PrunelensError(f"{path}: truncated IDX header ({ndim} dimensions need {4 + 4 * ndim} bytes, found {4 + len(dims)})")
     return dtype, struct.unpack(f">{ndim}I", dims)
 
 
@@ -135,7 +133,9 @@ def _load(cfg: DatasetConfig, seed: int, root: Path, class_names: list[str] | No
     train, test = load_split(root, "train"), load_split(root, "t10k")
     if cfg.image_size is None and train.images.shape[2:] != test.images.shape[2:]:
         (h, w), (th, tw) = test.images.shape[2:], train.images.shape[2:]
-        raise PrunelensError(f"{_find(root, 't10k', 'images')}: images are {h}x{w}, train images {th}x{tw}; set dataset.image_size")
+        raise PrunelensError(
+            f"{_find(root, 't10k', 'images')}: images are {h}x{w}, train images {th}x{tw}; set dataset.image_size"
+        )
     return make_bundle(cfg, seed, train, test, class_names=class_names)
 
 
