@@ -74,6 +74,22 @@ def test_rate_sets_round_fraction_and_keeps_rounds_in_hash():
 
 
 def test_lenses_accept_names_and_stay_out_of_the_hash():
-    cfg = config.from_dict({"lenses": ["gradcam", {"name": "x", "options": {"k": 1}}]})
-    assert [lens.name for lens in cfg.lenses] == ["gradcam", "x"]
+    cfg = config.from_dict({"lenses": ["gradcam", {"name": "gradcam", "options": {"target": "predicted"}}]})
+    assert [lens.name for lens in cfg.lenses] == ["gradcam", "gradcam"]
     assert cfg.run_id == config.ExperimentConfig().run_id
+
+
+@pytest.mark.parametrize(
+    "lenses, message",
+    [
+        ([{"name": "gradcam", "options": {"targt": "label"}}], "lenses[0].options.targt: unknown field"),
+        (["gradcam", {"name": "gradcam", "options": {"target": "logits"}}], "lenses[1].options.target: 'logits'"),
+        ([{"name": "gradcam", "options": {"backend": "pytorch_grad_cam:Nope"}}], "lenses[0].options.backend"),
+        ([{"name": "gradcam", "options": {"variant": "seed_ghosh", "backend": "pytorch_grad_cam:GradCAMPlusPlus"}}], "lenses[0].options"),
+        (["telepathy"], "lenses[0].name: unknown lens 'telepathy'"),
+    ],
+)
+def test_lens_options_are_checked_when_the_config_loads(lenses, message):
+    with pytest.raises(PrunelensError) as err:
+        config.from_dict({"lenses": lenses})
+    assert message in str(err.value) and "\n" not in str(err.value)

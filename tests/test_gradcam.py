@@ -14,15 +14,19 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from scipy.stats import spearmanr
 from torch import nn
 
-from prunelens.analyze import eval_batch
 from prunelens.config import DatasetConfig, ModelConfig, TrainingConfig
 from prunelens.data import build_dataset
 from prunelens.errors import PrunelensError
 from prunelens.experiment import analyze_run, run
 from prunelens.lenses import similarity as sim
-from prunelens.lenses.gradcam import GradCAM, GradCAMLens, correctness, deletion_insertion, find_target_layer
+from prunelens.lenses.cam import GradCAM, find_target_layer
+from prunelens.lenses.data import LensData
+from prunelens.lenses.gradcam import GradCAMLens
+from prunelens.lenses.sanity import correctness, deletion_insertion
 from prunelens.models import build_model
-from prunelens.train import make_loader, seed_everything, train
+from prunelens.runs import Run
+from prunelens.seeding import seed_global
+from prunelens.train import make_loader, train
 
 NORMALISED_ATOL = 1e-5
 """Maps min-max normalised to [0, 1]: both sides sum the same float32 products in a different order (numpy vs
@@ -232,12 +236,12 @@ def trained():
     try:
         options = {"n_train": 2000, "n_val": 10, "n_test": 64}
         bundle = build_dataset(DatasetConfig(name="shapes", image_size=16, options=options))
-        seed_everything(0)
+        seed_global(0, "init")
         arch = ModelConfig(name="cifar_resnet", options={"depth": 8, "width": 8})
         model, untrained = (build_model(arch, 10, 3, (16, 16)) for _ in range(2))
         cfg = TrainingConfig(epochs=100, batch_size=32, lr=0.05, momentum=0.9, schedule="constant")
         train(model, make_loader(bundle, bundle.train, 32, "cpu", train=True), cfg, None, start_step=0, end_step=500)
-        yield model.eval(), untrained.eval(), eval_batch(bundle, 64, "cpu")
+        yield model.eval(), untrained.eval(), LensData(bundle, "cpu", 64).eval_batch
     finally:
         torch.set_num_threads(threads)
 
@@ -278,9 +282,11 @@ def test_lens_end_to_end_and_cached(tiny):
     kinds = {k: set(g["metric"]) for k, g in table.groupby("kind")}
     assert {"iou_thr", "iou_top5", "iou_top10", "iou_top20", "dice_top10", "spearman", "pearson", "cosine", "ssim",
             "pointing", "com_shift", "com_shift_px"} <= kinds["pruned_vs_dense"]  # fmt: skip
-    assert kinds["pruned_vs_dense"] == kinds["floor"] == kinds["ceiling"] == kinds["normalised"]
+    assert kinds["pruned_vs_dense"] == kinds["floor"] == kinds["same_init"] == kinds["other_seed"] == kinds["position"]
+    assert set(table[table.kind == "position"]["reference"]) == {"same_init", "other_seed"}
     assert kinds["maps"] == {"degenerate", "peak", "peak_ratio", "grid_h", "grid_w"}
-    assert kinds["correctness"] == {"energy_inside", "energy_ratio", "pointing_game"}
+    assert kinds["correctness"] == kinds["correctness_same_init"] == {"energy_inside", "energy_ratio", "pointing_game", "mask_iou"}
+    assert (table["degenerate"] >= 0).all() and table["degenerate"].notna().all()
     assert kinds["faithfulness"] == {"deletion_auc", "insertion_auc"}
     assert kinds["mprt"] == {"spearman", "spearman_abs", "ssim"}
     assert set(table["round"]) == {0, 1} and set(table[table.kind == "mprt"]["round"]) == {0}
@@ -288,13 +294,12 @@ def test_lens_end_to_end_and_cached(tiny):
     assert dense["spearman"] == pytest.approx(1) and dense["com_shift"] == pytest.approx(0)
     assert (table[table.kind == "maps"].set_index(["round", "metric"])["value"].xs("grid_h", level=1) == 4).all()
     lens = result.run_dir / "lenses/gradcam"
-    cached = {p.name: p.stat().st_mtime_ns for p in lens.iterdir() if p.name.startswith("round_")}
-    assert {"round_000.json", "round_000.pt", "round_000_grid.png", "round_001.json"} <= set(cached)
-    summaries = {"summary_consistency.png", "summary_mprt.png", "summary_correctness_faithfulness.png"}
-    assert summaries <= {p.name for p in lens.iterdir()}
-    again = analyze_run(result.run_dir, quiet=True)["gradcam"]
-    assert cached == {p.name: p.stat().st_mtime_ns for p in lens.iterdir() if p.name.startswith("round_")}
-    pd.testing.assert_frame_equal(again, table, check_dtype=False)
+    cached = {p.name: p.stat().st_mtime_ns for p in lens.iterdir() if p.name.startswith(("round_", "setup"))}
+    assert {"setup.json", "setup.pt", "round_000.json", "round_000.pt", "round_000_grid.png", "round_001.json"} <= set(cached)
+    assert {"consistency.png", "mprt.png", "correctness_faithfulness.png", "lens.json"} <= {p.name for p in lens.iterdir()}
+    (again,) = analyze_run(Run(result.run_dir), quiet=True)
+    assert cached == {p.name: p.stat().st_mtime_ns for p in lens.iterdir() if p.name.startswith(("round_", "setup"))}
+    pd.testing.assert_frame_equal(again.table, table, check_dtype=False)
 
 
 def test_headline_orders_rounds_then_references():
@@ -303,16 +308,19 @@ def test_headline_orders_rounds_then_references():
             {"round": r, "kind": kind, "metric": metric, "value": value}
             for r, kind, metric, value in [
                 (0, "pruned_vs_dense", "spearman", 1.0), (1, "pruned_vs_dense", "spearman", 0.7),
-                (0, "floor", "spearman", 0.1), (0, "ceiling", "spearman", 0.6),
-                (0, "correctness", "energy_ratio", 3.0), (1, "correctness", "energy_ratio", 3.5),
-                (0, "correctness_floor", "energy_ratio", 1.5), (0, "correctness_ceiling", "energy_ratio", 2.9),
+                (0, "floor", "spearman", 0.1), (0, "other_seed", "spearman", 0.6), (0, "same_init", "spearman", 0.8),
+                (0, "correctness", "energy_inside", 0.3), (1, "correctness", "energy_inside", 0.35),
+                (0, "correctness_floor", "energy_inside", 0.15), (0, "correctness_other_seed", "energy_inside", 0.29),
+                (0, "correctness_same_init", "energy_inside", 0.31),
+                (0, "maps", "degenerate", 0.0), (1, "maps", "degenerate", 3.0),
             ]
         ]
     )  # fmt: skip
     head = GradCAMLens.headline(table)
-    assert head["round"].tolist() == ["0", "1", "floor", "ceiling"]
-    assert head["spearman"].tolist() == [1.0, 0.7, 0.1, 0.6]
-    assert head["energy_ratio"].tolist() == [3.0, 3.5, 1.5, 2.9]
+    assert head["round"].tolist() == ["0", "1", "floor", "same_init", "other_seed"]
+    assert head["spearman"].tolist() == [1.0, 0.7, 0.1, 0.8, 0.6]
+    assert head["energy_inside"].tolist() == [0.3, 0.35, 0.15, 0.31, 0.29]
+    assert head["degenerate"].tolist()[:2] == [0.0, 3.0]
 
 
 def test_jensen_shannon_matches_scipy():

@@ -8,7 +8,6 @@ import pytest
 import torch
 from torch import nn
 
-from prunelens.errors import PrunelensError
 from prunelens.analysis.tickets import (
     compare_runs,
     intersection,
@@ -19,6 +18,7 @@ from prunelens.analysis.tickets import (
     stability_summary,
     weight_stability,
 )
+from prunelens.errors import PrunelensError
 from prunelens.experiment import run
 from prunelens.masks import MaskSet
 from prunelens.pruning.collapse import collapse_report, empty_layers, functional_collapse, has_path, structural_collapse
@@ -222,11 +222,12 @@ def test_survival_hand_computed():
 def test_functional_collapse_fires_on_constant_logits(tmp_path):
     """A network whose last hidden layer is fully pruned outputs its bias for every image: structurally it is
     collapsed too, but the functional check must see constant logits (and chance accuracy) on its own."""
-    from prunelens.rounds import Context, measure
-    from prunelens.progress import Reporter
     from conftest import tiny_config
+
     from prunelens.data import build_dataset
     from prunelens.models import build_model
+    from prunelens.progress import Reporter
+    from prunelens.rounds import Context, measure
 
     cfg = tiny_config(tmp_path)
     bundle = build_dataset(cfg.dataset)

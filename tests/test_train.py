@@ -8,7 +8,8 @@ from torch import nn
 
 from prunelens.config import TrainingConfig
 from prunelens.data.base import TensorSplit
-from prunelens.data.loader import Loader, augment, generator
+from prunelens.data.loader import Loader, augment
+from prunelens.seeding import generator
 from prunelens.train import evaluate, lr_factor, train
 
 
@@ -54,7 +55,7 @@ def test_normalisation():
 
 def test_augment_crops_and_flips():
     x = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).view(2, 1, 4, 4) + 1
-    out = augment(x, generator(0), pad=2)
+    out = augment(x, generator(0, "augment"), pad=2)
     assert out.shape == x.shape
     for i in range(2):  # every output is a shifted (possibly flipped) window of the zero-padded input
         padded = nn.functional.pad(x[i], (2, 2, 2, 2))
