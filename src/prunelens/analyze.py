@@ -21,6 +21,7 @@ from torch import nn
 from prunelens.config import LensConfig
 from prunelens.errors import PrunelensError
 from prunelens.faults import killpoint
+from prunelens.interrupts import check_interrupt
 from prunelens.lenses.base import Cache, Lens, LensContext, LensResult, LensRound, options_key
 from prunelens.lenses.data import LensData
 from prunelens.progress import Reporter
@@ -136,4 +137,5 @@ def draw_figures(run: Run, name: str, key: str, table: pd.DataFrame) -> None:
     setup = load_result(run, key, "setup")
     view = LensView(table, setup.tensors, setup.artefacts, lambda r: load_result(run, key, f"round_{r:03d}").tensors)
     for figure_name, figure in LENS_FIGURES[name](view).items():
+        check_interrupt()
         run.store.write(lens_file(key, f"{figure_name}.png"), png(figure))

@@ -60,9 +60,11 @@ def main(argv: list[str] | None = None) -> int:
         args = parser().parse_args(argv)
         from prunelens import commands
         from prunelens.errors import PrunelensError
+        from prunelens.interrupts import check_interrupt
 
         try:
             getattr(commands, f"cmd_{args.command}")(args)
+            check_interrupt()  # a stop requested after the last safe point still ends as interrupted
         except PrunelensError as err:
             print(f"prunelens: error: {err}", file=sys.stderr)
             return 2

@@ -88,7 +88,7 @@ class PruningConfig(_Section):
     rate: OpenUnit | None = Field(None, description="final pruning rate to reach after `rounds` rounds (sets the per-round fraction)")
     rounds: int = Field(5, ge=0, description="pruning rounds after dense training (not part of the run id)")
     score_iterations: int = Field(1, ge=1, description="prune in this many score→select steps per round (SynFlow: 100)")
-    persistent: bool = Field(True, description="keep pruned weights at zero while retraining (False: zero once, seed DEV-S2)")
+    persistent: bool = Field(True, description="keep pruned weights at zero while retraining (False: zero once, as Seuffert & von Rad's code; docs/methods.md §6.4)")
     lr_reset: bool = Field(
         True, description="restart the LR schedule every round (False: continue where the previous round ended; use step/exponential)"
     )

@@ -1,4 +1,4 @@
-"""The runs a run depends on, as configs (docs/methods.md §6.5, §9): its shared dense run and its references.
+"""The runs a run depends on, as configs (docs/methods.md §6.8, §9): its shared dense run and its references.
 
 - The *dense run* of a config trains round 0 for every config that differs from it only in pruning settings
   (method, scope, granularity, rates, rounds, retraining, controls of the mask): round 0 depends on the data,

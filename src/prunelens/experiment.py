@@ -112,7 +112,7 @@ def prepare(cfg: ExperimentConfig, bundle: DataBundle | None = None, reporter: R
     configure_cpu(cfg.threads)
     bundle = bundle or build_dataset(cfg.dataset)
     for note in bundle.notes if reporter else ():
-        reporter.log(note)
+        reporter.notice(note)
     prepared = Prepared(cfg, bundle, tuple(LENSES.get(spec.name)(spec.options) for spec in cfg.lenses))
     model = prepared.build()
     ctx = Context(cfg, bundle, model, Reporter(quiet=True))
@@ -139,7 +139,7 @@ def execute(p: Prepared, reporter: Reporter) -> RunResult:
     run = Run(cfg.run_dir)
     shared = dense_config(cfg)
     dense = None if shared.run_dir == cfg.run_dir else (lambda: dense_round(p.derive(shared), reporter))
-    with run.writing(on_wait=reporter.log):
+    with run.writing(on_wait=reporter.notice):
         run.initialise(cfg, data_info(p.bundle))
         records = run_rounds(Context(cfg, p.bundle, p.build(), reporter), run, dense)
         killpoint("rounds.done")
@@ -198,7 +198,7 @@ def analyze_run(run: Run, lenses: Sequence[LensConfig] | None = None, quiet: boo
     cfg = replace_lenses(cfg, specs)
     with Reporter(quiet) as reporter:
         p = prepare(cfg, build_dataset(run.data_config), reporter)
-        with run.writing(on_wait=reporter.log):
+        with run.writing(on_wait=reporter.notice):
             return analyze_lenses(p, run, reporter, force)
 
 

@@ -20,7 +20,7 @@ class FlopProfile:
     per_module: dict[str, int]
 
     def effective(self, masks: MaskSet) -> float:
-        """Total FLOPs with each masked layer's FLOPs scaled by its weight density (METHODS §1.3)."""
+        """Total FLOPs with each masked layer's FLOPs scaled by its weight density (docs/methods.md §1.4)."""
         density = masks.layer_density()
         scaled = 0.0
         for module, flops in self.per_module.items():

@@ -1,7 +1,7 @@
 """MaskSet: {parameter name → bool mask}, the bottom layer shared by pruning and training.
 
 Masks live outside the module (weights stay plain `nn.Parameter`s, so state_dicts, deepcopy and DDP are
-unaffected) and are enforced by multiplying the weights after every optimizer step (METHODS §1–2).
+unaffected) and are enforced by multiplying the weights after every optimizer step (docs/methods.md §1–2).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def prunable_names(
     include_bn: bool = False,
     exclude: list[str] | tuple[str, ...] = (),
 ) -> list[str]:
-    """Names of the prunable parameters: Conv/Linear weights by default (METHODS §1.2).
+    """Names of the prunable parameters: Conv/Linear weights by default (docs/methods.md §1.2).
 
     `exclude` holds fnmatch patterns over parameter names; a pattern matching nothing is an error (a typo
     would otherwise silently prune a layer the user meant to keep).
@@ -85,7 +85,7 @@ class MaskSet(Mapping[str, torch.Tensor]):
         return sum(m.numel() for m in self._masks.values())
 
     def density(self) -> float:
-        """Kept fraction over the masked (prunable) tensors: d_prunable of METHODS §1.3."""
+        """Kept fraction over the masked (prunable) tensors: d_prunable of docs/methods.md §1.3."""
         return self.alive() / max(self.total(), 1)
 
     def layer_density(self) -> dict[str, float]:
@@ -134,7 +134,7 @@ class MaskSet(Mapping[str, torch.Tensor]):
                     value.mul_(mask.to(device=value.device, dtype=value.dtype))
 
     def check_zero(self, model: nn.Module) -> None:
-        """Assert the invariant W ⊙ (1 − M) = 0 (METHODS §2), e.g. before analysing stored weights."""
+        """Assert the invariant W ⊙ (1 − M) = 0 (docs/methods.md §2.4), e.g. before analysing stored weights."""
         params = dict(model.named_parameters())
         for name, mask in self._masks.items():
             leaked = params[name].detach()[~mask.to(params[name].device)]

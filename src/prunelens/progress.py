@@ -46,5 +46,10 @@ class Reporter:
             self._bars.remove_task(task)
 
     def log(self, message: str) -> None:
+        """A progress message (not in quiet mode), never wrapped."""
         if not self.quiet:
-            self.console.print(message)
+            self.console.print(message, soft_wrap=True, markup=False, highlight=False)
+
+    def notice(self, message: str) -> None:
+        """Something the user must know even in quiet mode (waiting for a run, skipped files)."""
+        self.console.print(message, soft_wrap=True, markup=False, highlight=False)

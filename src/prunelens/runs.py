@@ -19,7 +19,8 @@ when stale or missing. A run is identified by its stored canonical config, where
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
@@ -173,7 +174,7 @@ class Run:
     # -- writing
 
     @contextmanager
-    def writing(self, on_wait: Any = None) -> Iterator[Run]:
+    def writing(self, on_wait: Callable[[str], None] = lambda message: print(message, file=sys.stderr)) -> Iterator[Run]:
         """Hold the run's lock (waiting for another process if needed) and verify its files first."""
         try:
             self.store.lock(on_wait=on_wait)

@@ -2,7 +2,7 @@
 
 One experiment `seed` feeds every stream, so adding randomness to one part of the code never shifts another
 part's draws, and a stream can be re-created anywhere (resuming, rewinding to step k, analysing later).
-The streams (docs/methods.md §6.4):
+The streams (docs/methods.md §6.6):
 
 - `init`: the model's initial weights (the global RNG while the model is built);
 - `order` (keys: epoch) and `augment` (epoch, batch): the data order and augmentation of training;

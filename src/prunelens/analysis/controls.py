@@ -48,7 +48,7 @@ def run_controls(run: Run, kind: str, quiet: bool = False) -> pd.DataFrame:
         raise PrunelensError(f"{run.root}: controls compare rewound tickets; this run fine-tunes (pruning.rewind: none)")
     with Reporter(quiet) as reporter:
         p = prepare(cfg, build_dataset(run.data_config), reporter)
-        with run.writing(on_wait=reporter.log):
+        with run.writing(on_wait=reporter.notice):
             ctx = Context(cfg, p.bundle, p.build(), reporter)
             theta_start, k = run.start(), cfg.pruning.rewind_step if cfg.pruning.rewind == "step" else 0
             rows: list[dict[str, Any]] = []

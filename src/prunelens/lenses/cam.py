@@ -6,7 +6,7 @@ resolution (B, h, w), their per-image peak and a `degenerate` flag:
 - `variant="standard"` (default): y^c the pre-softmax logit, α_k = (1/hw) Σ_ij ∂y^c/∂A^k_ij per image,
   L = ReLU(Σ_k α_k A^k), unnormalised. One forward and one backward of Σ_b y_b^{c_b} in eval mode give every
   image's gradient (in train mode BatchNorm would couple the images).
-- `variant="seed_ghosh"` (the code of Ghosh & Batmanghelich; docs/methods.md §7.2): backward of the mean cross-entropy with the target
+- `variant="seed_ghosh"` (the code of Ghosh & Batmanghelich; docs/methods.md §7.4): backward of the mean cross-entropy with the target
   (true-label) class, g_k = mean over batch *and* space of ∂L_CE/∂A^k, H_b = (1/K) Σ_k (A_b^k + g_k) (an
   addition, no ReLU), H_b ← H_b / max H_b per image (`peak` keeps max H_b); the seed mask is H_b > 0.75.
   The map is the class-agnostic channel mean of A plus a scalar that depends on the whole batch: the gradient

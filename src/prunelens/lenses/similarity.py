@@ -1,4 +1,4 @@
-"""Similarity of saliency maps (METHODS §7): batched over pairs of maps a, b of shape (B, h, w).
+"""Similarity of saliency maps (docs/methods.md §8): batched over pairs of maps a, b of shape (B, h, w).
 
 Every metric returns a (B,) float64 tensor. A pair in which either map is *degenerate* (constant, e.g. all
 zero after Grad-CAM's ReLU) has no ranking, threshold set or centre of mass, so it gets NaN for every
@@ -185,7 +185,7 @@ def jensen_shannon(a: Tensor, b: Tensor) -> Tensor:
 
 
 def compare(a: Tensor, b: Tensor, input_size: tuple[int, int] | None = None, pointing_k: float = 0.10) -> dict[str, Tensor]:
-    """Every pixel-level metric of METHODS §7.2 for pairs (a_i, b_i) on the native grid, NaN for degenerate
+    """Every pixel-level metric of docs/methods.md §8 for pairs (a_i, b_i) on the native grid, NaN for degenerate
     pairs. Pointing agreement uses T_k with k = `pointing_k`; `com_shift_px` needs `input_size` (H, W)."""
     bad = degenerate(a) | degenerate(b)
     out = {

@@ -1,4 +1,4 @@
-"""Importance scores: one registered function per criterion, (context) → {name: score tensor} (METHODS §3).
+"""Importance scores: one registered function per criterion, (context) → {name: score tensor} (docs/methods.md §3).
 
 Higher score = more important. Scores of already-pruned entries are ignored by selection, so a score need
 not special-case them (the normalised scores give them 0). Scores are computed on the weights' device, in

@@ -1,5 +1,5 @@
 """Scores → masks: every selection group loses exactly its computed number of lowest-scoring alive entries
-(METHODS §3.3).
+(docs/methods.md §4).
 
 Scopes, with p the per-round fraction and alive counts taken before the round:
 - `global`: one pool, k = ⌈p · Σ_l alive_l⌉ (OpenLTH `sparse_global`);

@@ -1,4 +1,4 @@
-"""Physical shrink of filter- or connection-pruned models with Torch-Pruning, and what it buys (METHODS §4.2).
+"""Physical shrink of filter- or connection-pruned models with Torch-Pruning, and what it buys (docs/methods.md §5.4).
 
 A mask only *simulates* pruning: the masked layers still compute their zero filters. `shrink` exports a
 smaller dense copy that computes the same function as the masked model in eval mode, so the effective FLOPs
@@ -264,7 +264,7 @@ def shrink(model: nn.Module, masks: MaskSet, example_inputs: torch.Tensor) -> nn
 
 
 def footprint(model: nn.Module, example: torch.Tensor, masks: MaskSet | None = None) -> dict[str, float]:
-    """Parameters and FLOPs per sample of `model`; with `masks`, also the effective FLOPs (METHODS §1.3)."""
+    """Parameters and FLOPs per sample of `model`; with `masks`, also the effective FLOPs (docs/methods.md §1.4)."""
     flops = profile(model, example)
     counts: dict[str, float] = {"params": sum(p.numel() for p in model.parameters()), "flops": flops.total}
     if masks is not None:

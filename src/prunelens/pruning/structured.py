@@ -1,4 +1,4 @@
-"""Structured selection: whole output filters or whole input channels per tensor (METHODS §4.2–4.3).
+"""Structured selection: whole output filters or whole input channels per tensor (docs/methods.md §5).
 
 A *group* is a slice of a ≥2-D weight along one dimension: an output filter / Linear row (dim 0, granularity
 `filters`) or an input channel / Linear column (dim 1, granularity `channels`, the connection sparsity of
@@ -31,7 +31,7 @@ def structured_weights(model: nn.Module, masks: MaskSet, granularity: Granularit
     """The masked Conv/Linear weights `granularity` applies to.
 
     Grouped and depthwise convs are left out for `channels`: their dim 1 indexes the input channels *within
-    a group*, so a "channel" there is not one input channel of the layer (METHODS §4.3).
+    a group*, so a "channel" there is not one input channel of the layer (docs/methods.md §5.3).
     """
     weights = {}
     for name, module in model.named_modules():
