@@ -7,8 +7,9 @@ Cases (random weights, eval mode, random inputs and one random target class per 
 - torchvision `resnet18` (10 classes), 64×64 RGB, batch 16, target layer `layer4` (2×2 maps).
 The layer is `find_target_layer`'s default, passed to both libraries.
 
-Timed (interleaved: one call of each method per repeat, so load drift on a shared machine hits all alike; the
-spread is min / median / max over repeats, the speed-up uses medians):
+Timed (interleaved: one call of each method per repeat, the order rotated every repeat, so load drift on a shared
+machine hits all alike; the spread is min / median / max over repeats, the speed-up uses medians; each case reports
+how many cores other processes kept busy meanwhile):
 - library: `with GradCAM(model, [layer]) as cam: cam(x, [ClassifierOutputTarget(c) …])` — its maps are
   min-max normalised and resized to the input size;
 - prunelens: `GradCAM(model, layer)(x, targets)` (raw maps at the layer's resolution), and the same plus
@@ -36,21 +37,21 @@ without an autograd graph and `torch.autograd.grad` stops at the target layer's 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import time
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 import torch
 import torchvision
+from _harness import CpuMeter, environment, header, interleaved, spread, timed, verdict
 from pytorch_grad_cam import GradCAM as LibraryGradCAM
 from pytorch_grad_cam.utils.image import scale_cam_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 from prunelens.config import ModelConfig
-from prunelens.lenses.gradcam import GradCAM, find_target_layer, upsample
+from prunelens.lenses.cam import GradCAM, find_target_layer, upsample
 from prunelens.models import build_model
 
 TOLERANCE = 1e-5
@@ -83,17 +84,6 @@ def forward_backward(model: nn.Module, x: torch.Tensor, targets: torch.Tensor) -
     model.zero_grad(set_to_none=True)
 
 
-def timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def spread(seconds: list[float], images: int) -> str:
-    rates = sorted(images / s for s in seconds)
-    return f"{rates[0]:8.0f} / {statistics.median(rates):8.0f} / {rates[-1]:8.0f} img/s (min / median / max)"
-
-
 def bench(name: str, model: nn.Module, x: torch.Tensor, repeats: int) -> float:
     targets = torch.randint(0, 10, (len(x),), generator=torch.Generator().manual_seed(1))
     layer_name = find_target_layer(model, x)
@@ -109,26 +99,24 @@ def bench(name: str, model: nn.Module, x: torch.Tensor, repeats: int) -> float:
     }
     for fn in methods.values():  # warm-up
         fn()
-    seconds: dict[str, list[float]] = {m: [] for m in methods}
-    for _ in range(repeats):
-        for method, fn in methods.items():
-            seconds[method].append(timed(fn))
+    meter = CpuMeter()
+    seconds = interleaved({m: partial(timed, fn) for m, fn in methods.items()}, repeats, meter)
 
     ours = cam(x, targets).maps.numpy()
     reference = library_maps(model, layer, x, targets)
     difference = float(np.abs(scale_cam_image(scale_cam_image(ours, size[::-1])) - reference).max())
     median = {m: statistics.median(s) for m, s in seconds.items()}
     speedup = median["pytorch-grad-cam"] / median["prunelens (+ upsample)"]
-    print(f"\n{name}; layer {layer_name!r}, maps {ours.shape[1]}×{ours.shape[2]}; {repeats} interleaved repeats")
+    header(f"{name}; layer {layer_name!r}, maps {ours.shape[1]}×{ours.shape[2]}; {repeats} interleaved repeats")
     for method, s in seconds.items():
-        print(f"  {method:26s} {spread(s, len(x))}")
+        print(f"  {method:26s} {spread([len(x) / t for t in s], '{:8.0f}')} img/s (min / median / max)")
     native = median["pytorch-grad-cam"] / median["prunelens (native maps)"]
     bound = median["reference: F + backward B"] / median["reference: forward F"]
-    verdict = "met" if speedup >= TARGET_SPEEDUP else "MISSED"
     print(f"  speed-up (medians, prunelens + upsample vs library): {speedup:.2f}× (native maps only: {native:.2f}×); "
-          f"target ≥ {TARGET_SPEEDUP:g}×: {verdict}; bound (F + B) / F = {bound:.2f}×")  # fmt: skip
+          f"target ≥ {TARGET_SPEEDUP:g}×: {verdict(speedup >= TARGET_SPEEDUP)}; bound (F + B) / F = {bound:.2f}×")  # fmt: skip
     agreement = "equal" if difference <= TOLERANCE else "DIFFERENT"
     print(f"  max |Δ| of normalised maps: {difference:.2e} (tolerance {TOLERANCE:g}: {agreement})")
+    meter.report()
     return speedup
 
 
@@ -138,8 +126,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f} "
-          f"on {os.cpu_count()} cores (other processes slow every method alike, but widen the spread)")  # fmt: skip
+    print(environment())
     print(f"Tolerance {TOLERANCE:g} on maps min-max normalised to [0, 1]: same float32 products summed in another order "
           "(~1e-7); a real difference (α, ReLU, target) is O(0.1).")  # fmt: skip
     for name, model, x in cases():

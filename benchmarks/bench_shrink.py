@@ -16,22 +16,17 @@ The models are untrained (BN at its init), so every removed channel is zero; fol
 is covered by tests/test_structured.py. Actual and effective FLOPs differ both ways: a removed channel also
 removes the input columns of the layers reading it, which the masks keep, while a residual stream loses a
 channel only where every conv writing it dropped that filter. CPU timings on a shared machine drift: read the
-ratios, which are taken interleaved within one process.
+ratios, which are taken interleaved within one process; each case reports how many cores other processes kept
+busy while its latencies were measured.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
-
-try:
-    import prunelens  # noqa: F401
-except ModuleNotFoundError:  # run without PYTHONPATH=src
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from _harness import CpuMeter, environment, header
 
 from prunelens.config import PruningConfig
 from prunelens.masks import MaskSet, prunable_names
@@ -53,10 +48,12 @@ def bench(name: str, side: int, batch: int, repeats: int) -> None:
     x = torch.randn(batch, 3, side, side)
     small = shrink(model, masks, x)
     big, little = footprint(model, x, masks), footprint(small, x)
-    times = compare_latency(model, small, x, repeats)
+    meter = CpuMeter()
+    with meter.measure():
+        times = compare_latency(model, small, x, repeats)
     with torch.no_grad():
         diff = float((model(x) - small(x)).abs().max())
-    print(f"\n{name}, {side}×{side}, batch {batch}, filters pruned at {RATE} (conv layers, not the classifier)")
+    header(f"{name}, {side}×{side}, batch {batch}, filters pruned at {RATE} (conv layers, not the classifier)")
     alive = masks.alive() + big["params"] - masks.total()
     print(f"  params   dense {big['params']:>12,}  masked alive {alive:>12,}  shrunk {little['params']:>12,}")
     print(
@@ -70,13 +67,14 @@ def bench(name: str, side: int, batch: int, repeats: int) -> None:
     flops_ratio = big["flops"] / little["flops"]
     print(f"  speed-up masked / shrunk: median {times['speedup']:.2f}×, min {best:.2f}×  (FLOPs ratio {flops_ratio:.2f}×)")
     print(f"  max |Δ output| masked vs shrunk {diff:.1e}")
+    meter.report()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=20, help="timed forwards per model (after 2 warm-up)")
     args = parser.parse_args(argv)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(environment())
     for case in CASES:
         bench(*case, args.repeats)
 

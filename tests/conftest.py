@@ -16,7 +16,7 @@ def tiny_config(tmp_path, **sections) -> config.ExperimentConfig:
         "training": {"epochs": 1, "batch_size": 50, "lr": 0.05},
     }
     for key, value in sections.items():
-        base[key] = {**base[key], **value} if isinstance(value, dict) else value
+        base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
     return config.from_dict(base)
 
 

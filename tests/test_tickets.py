@@ -164,7 +164,7 @@ def test_compare_runs_tables(two_runs, tmp_path):
     tables = compare_runs(two_runs)
     assert set(tables) == {"overlap", "jaccard", "stability", "collapse", "density"}
     ov = tables["overlap"]
-    assert set(ov.ticket) == {"pruning.scope=default", "pruning.scope=layerwise"}  # labelled by what differs
+    assert set(ov.ticket) == {"pruning.scope=global", "pruning.scope=layerwise"}  # labelled by what differs
     assert ((ov.frac_kept > 0) & (ov.frac_kept <= 1)).all()
     total = ov[ov.layer == "all"]
     assert total.density.to_numpy() == pytest.approx(0.7**2, abs=2e-3)
@@ -255,4 +255,4 @@ def test_functional_collapse_binomial_test_by_hand():
 
 
 def test_run_labels_name_the_differing_fields(two_runs):
-    assert run_labels(two_runs) == ["pruning.scope=default", "pruning.scope=layerwise"]
+    assert run_labels(two_runs) == ["pruning.scope=global", "pruning.scope=layerwise"]

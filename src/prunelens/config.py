@@ -53,7 +53,7 @@ class DatasetConfig(_Section):
     name: str = "shapes"
     seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of the data itself: synthetic images, the val split, the max_train subset")
     root: Path | None = Field(None, description="directory or file with the data (datasets read from disk)")
-    image_size: int | None = Field(None, gt=0, description="resize (or, for `shapes`, render) to this size")
+    image_size: int | None = Field(None, gt=0, le=4096, description="resize (or, for `shapes`, render) to this size")
     val_fraction: OpenUnit = Field(0.1, description="share of train held out as val when a dataset has no val split")
     max_train: int | None = Field(None, gt=0, description="use only the first N (stratified) training images")
     augment: bool = Field(False, description="random crop (padding 4) + horizontal flip, per batch on the device")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -18,6 +20,8 @@ def check_device(device: str) -> None:
         parsed = torch.device(device)
     except (RuntimeError, TypeError):
         raise PrunelensError(f"device: {device!r} is not a torch device") from None
+    if parsed.type not in ("cpu", "cuda", "mps"):
+        raise PrunelensError(f"device: {device!r} is not cpu, cuda[:N] or mps")
     if parsed.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0 or (parsed.index is not None and parsed.index >= count):
@@ -43,10 +47,19 @@ def default_threads() -> int:
 
 
 def configure_cpu(threads: int | None) -> int:
-    """Set torch's intra-op threads (`threads` or `default_threads()`) and flush denormals to zero on the CPU
-    (benchmarks/bench_threads.py); returns the thread count."""
+    """Set torch's intra-op threads to `threads` or `default_threads()`; returns the count."""
     count = threads or default_threads()
     if torch.get_num_threads() != count:
         torch.set_num_threads(count)
-    torch.set_flush_denormal(True)
     return count
+
+
+@contextmanager
+def denormals_flushed() -> Iterator[None]:
+    """Flush subnormal floats to zero on the CPU for the duration (benchmarks/bench_threads.py), then restore
+    IEEE behaviour: the flag is process-wide (it changes plain Python float arithmetic too), so it is never left on."""
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)

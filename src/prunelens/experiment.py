@@ -25,7 +25,7 @@ from prunelens.errors import PrunelensError
 from prunelens.faults import killpoint
 from prunelens.lenses import LENSES, Lens
 from prunelens.lenses.data import LensData
-from prunelens.models import build_model
+from prunelens.models import build_model, build_untrained
 from prunelens.progress import Reporter
 from prunelens.pruning import check as check_pruning
 from prunelens.rounds import Context, DenseRound, run_rounds
@@ -83,12 +83,18 @@ class Prepared:
     bundle: DataBundle
     lenses: tuple[Lens, ...] = ()
 
-    def build(self, stream: str = "init", *keys: int) -> nn.Module:
-        """The architecture initialised from the (seed, `stream`, *keys) stream — (seed, "init") is the run's
-        θ₀, other streams draw fresh weights from the same distribution; the global RNGs are restored."""
+    def build(self) -> nn.Module:
+        """The run's θ₀: the architecture from the (seed, "init") stream, with the config's weights if any."""
+        b = self.bundle
+        with forked(self.cfg.seed, "init"):
+            return build_model(self.cfg.model, b.num_classes, b.in_channels, b.image_size).to(self.cfg.device)
+
+    def random_init(self, stream: str, *keys: int) -> nn.Module:
+        """The architecture at a random initialisation from the (seed, `stream`, *keys) stream, never with
+        pretrained weights (the floor, random re-initialisation controls); the global RNGs are restored."""
         b = self.bundle
         with forked(self.cfg.seed, stream, *keys):
-            return build_model(self.cfg.model, b.num_classes, b.in_channels, b.image_size).to(self.cfg.device)
+            return build_untrained(self.cfg.model, b.num_classes, b.in_channels, b.image_size).to(self.cfg.device)
 
     def derive(self, cfg: ExperimentConfig) -> Prepared:
         """A dependency run (dense or reference) of this one: the same data, no lenses."""
@@ -170,7 +176,7 @@ def reference_models(p: Prepared, kinds: Sequence[str], reporter: Reporter) -> d
     out = {}
     for kind in kinds:
         if kind == "floor":
-            out[kind] = p.build("floor").eval()
+            out[kind] = p.random_init("floor").eval()
             continue
         reference = p.derive(reference_config(p.cfg, kind))
         reporter.log(f"reference {kind}: run {reference.cfg.run_dir.name}")

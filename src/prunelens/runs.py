@@ -146,11 +146,11 @@ class Run:
         return (self.info["in_channels"], *self.info["image_size"])
 
     def build_model(self) -> nn.Module:
-        """The run's architecture at its initialisation (the model's `weights` file is not loaded)."""
-        from prunelens.models import build_model
+        """The run's architecture at a random initialisation (no pretrained weights), to load stored weights into."""
+        from prunelens.models import build_untrained
 
         info, cfg = self.info, self.config
-        return build_model(cfg.model.model_copy(update={"weights": None}), info["num_classes"], info["in_channels"], tuple(info["image_size"]))
+        return build_untrained(cfg.model, info["num_classes"], info["in_channels"], tuple(info["image_size"]))
 
     # -- rounds and results
 

@@ -7,7 +7,7 @@ The streams (docs/methods.md §6.6):
 - `init`: the model's initial weights (the global RNG while the model is built);
 - `order` (keys: epoch) and `augment` (epoch, batch): the data order and augmentation of training;
 - `train` (round): the global RNG while round r trains (dropout); `rewind`: during the k dense rewind steps;
-- `prune` (tensor): random pruning scores and random groups;
+- `prune`, `prune_groups` (tensor): random pruning scores, random filters / channels;
 - `floor`, `mprt`: the random-init floor model and the cascading randomisation of a lens;
 - `control` (round), `reinit`: lottery-ticket controls and partial re-initialisation.
 

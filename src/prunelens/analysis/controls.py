@@ -59,7 +59,7 @@ def run_controls(run: Run, kind: str, quiet: bool = False) -> pd.DataFrame:
                     if kind == "random_prune":
                         masks = random_masks(masks, cfg.seed, r)
                     else:
-                        start = p.build("control", r).state_dict()
+                        start = p.random_init("control", r).state_dict()
                     rewind(ctx.model, start, masks)
                     fit = train_round(ctx, r, masks, k, label=f"control {kind}: round {r}")
                     record = {**measure(ctx, ctx.model, masks), **fit}

@@ -216,10 +216,11 @@ def compared_round(runs: Sequence[Run], round: int | None) -> int:
 
 def run_labels(runs: Sequence[Run]) -> list[str]:
     """Each run named by the config fields in which the runs differ (`pruning.method=l1 seed=1`), or by its
-    directory name when their configs agree (or differ only in fields not in the run id)."""
-    flat = [dict(_flatten(run.canonical)) for run in runs]
+    directory name when their configs agree."""
+    shown = {"name", "output_dir", "threads", "lenses", "lens_images"}
+    flat = [dict(_flatten(run.config.model_dump(mode="json", exclude=shown))) for run in runs]
     keys = sorted({k for f in flat for k in f if len({repr(g.get(k)) for g in flat}) > 1})
-    labels = [" ".join(f"{k}={f.get(k, 'default')}" for k in keys) for f in flat]
+    labels = [" ".join(f"{k}={f.get(k)}" for k in keys) for f in flat]
     if keys and len(set(labels)) == len(labels):
         return labels
     names = [run.root.name for run in runs]

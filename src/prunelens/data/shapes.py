@@ -70,6 +70,7 @@ TINTS = _TINT_AMPLITUDE * torch.cos(
 _PLACEMENT_TRIES = 64
 MIN_SIZE = 16
 """Smallest image size at which every object covers pixels."""
+MAX_IMAGES, MAX_DISTRACTORS, MAX_BYTES = 10_000_000, 16, 8 << 30
 _CHUNK_PIXELS = 1 << 22
 
 
@@ -194,16 +195,20 @@ def shapes(cfg: DatasetConfig, seed: int) -> DataBundle:
     distinct sub-seeds of `seed`, and the tint shortcut (`spurious`) is never present on test."""
     opts = check_options(cfg, _OPTIONS)
     for key in ("n_train", "n_val", "n_test"):
-        if opts[key] < 1:
-            raise option_error(key, f"{opts[key]!r} must be at least 1")
+        if not 1 <= opts[key] <= MAX_IMAGES:
+            raise option_error(key, f"{opts[key]!r} is not in 1..{MAX_IMAGES}")
     if not 0.0 <= opts["spurious"] <= 1.0:
         raise option_error("spurious", f"{opts['spurious']!r} is not in [0, 1]")
-    if opts["distractors"] < 0 or opts["noise"] < 0:
-        key = "distractors" if opts["distractors"] < 0 else "noise"
-        raise option_error(key, f"{opts[key]!r} must not be negative")
+    if not 0 <= opts["distractors"] <= MAX_DISTRACTORS:
+        raise option_error("distractors", f"{opts['distractors']!r} is not in 0..{MAX_DISTRACTORS}")
+    if opts["noise"] < 0:
+        raise option_error("noise", f"{opts['noise']!r} must not be negative")
     size = cfg.image_size or 64
     if size < MIN_SIZE:
         raise PrunelensError(f"dataset.image_size: {size} is too small for shapes (at least {MIN_SIZE})")
+    total = sum(opts[f"n_{part}"] for part in ("train", "val", "test")) * 3 * size * size
+    if total > MAX_BYTES:
+        raise PrunelensError(f"dataset: shapes at {size}×{size} px would take {total / 2**30:.1f} GiB (at most {MAX_BYTES >> 30}); fewer images or a smaller image_size")
     seeds = np.random.SeedSequence(seed % 2**32).generate_state(3)
     common = {"size": size, "distractors": opts["distractors"], "noise": opts["noise"]}
     train, val, test = (

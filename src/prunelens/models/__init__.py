@@ -18,6 +18,7 @@ __all__ = [
     "EFFICIENTNET_LITE_STD",
     "MODELS",
     "build_model",
+    "build_untrained",
     "classifier_name",
     "load_into",
     "load_state_file",
@@ -32,3 +33,15 @@ def build_model(cfg: ModelConfig, num_classes: int, in_channels: int, image_size
     if set. Unknown names, bad options and unreadable weights raise a one-line PrunelensError."""
     factory = MODELS.get(cfg.name)
     return factory(num_classes, in_channels, tuple(image_size), dict(cfg.options), cfg.weights)
+
+
+def build_untrained(cfg: ModelConfig, num_classes: int, in_channels: int, image_size: tuple[int, int]) -> nn.Module:
+    """The architecture at a random initialisation: no weights file, and built-in pretrained weights (e.g.
+    EfficientNet-Lite0's) re-drawn with each module's `reset_parameters`."""
+    model = build_model(cfg.model_copy(update={"weights": None}), num_classes, in_channels, image_size)
+    if getattr(model, "is_pretrained", False):
+        for module in model.modules():
+            if module is not model and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+        model.is_pretrained = False
+    return model

@@ -20,10 +20,13 @@ from torch import Tensor, nn
 from prunelens.errors import PrunelensError
 from prunelens.models.base import MODELS, check_min_size, load_into, load_state_file, resolve_options
 
+MAX_WIDTH = 16.0
+"""Largest width multiplier of the small networks (×16 is already a 1024-channel Conv-2)."""
 
-def _positive(key: str, value: float) -> None:
-    if value <= 0:
-        raise PrunelensError(f"model.options.{key}: {value!r} is not > 0")
+
+def _positive(key: str, value: float, most: float = MAX_WIDTH) -> None:
+    if not 0 < value <= most:
+        raise PrunelensError(f"model.options.{key}: {value!r} is not in (0, {most:g}]")
 
 
 def init_weights(model: nn.Module) -> nn.Module:
@@ -121,9 +124,9 @@ class CifarResNet(nn.Module):
 
     def __init__(self, num_classes: int, in_channels: int, image_size: tuple[int, int], depth: int = 20, width: int = 16):
         super().__init__()
-        if depth < 8 or (depth - 2) % 6:
-            raise PrunelensError(f"model.options.depth: {depth} is not 6n+2 with n ≥ 1 (e.g. 20, 32, 44, 56)")
-        _positive("width", width)
+        if depth < 8 or depth > 1000 or (depth - 2) % 6:
+            raise PrunelensError(f"model.options.depth: {depth} is not 6n+2 with 1 ≤ n ≤ 166 (e.g. 20, 32, 44, 56)")
+        _positive("width", width, most=1024)
         self.conv = nn.Conv2d(in_channels, width, 3, padding=1, bias=False)
         self.bn = nn.BatchNorm2d(width)
         self.relu = nn.ReLU()
