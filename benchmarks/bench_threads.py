@@ -50,6 +50,7 @@ from prunelens.progress import Reporter
 from prunelens.rounds import Context, train_round
 
 TINY = torch.finfo(torch.float32).tiny
+Batch = tuple[torch.Tensor, torch.Tensor]
 Result = dict[str, Any]
 """What a child prints: `seconds` of training, `epochs`, `steps`, and `subnormal`: kind → [subnormal, all] entries."""
 
@@ -84,7 +85,7 @@ def subnormals(tensors: Sequence[torch.Tensor]) -> list[int]:
     return [found, sum(t.numel() for t in tensors)]
 
 
-def count_subnormals(model: nn.Module, optimizer: torch.optim.Optimizer, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, list[int]]:
+def count_subnormals(model: nn.Module, optimizer: torch.optim.Optimizer, batch: Batch) -> dict[str, list[int]]:
     """Subnormal entries of the weights and the optimizer state, and of the activations (leaf modules' outputs),
     their gradients and the weight gradients of one forward + backward on `batch`."""
     found: dict[str, list[torch.Tensor]] = {"activations": [], "activation gradients": []}
