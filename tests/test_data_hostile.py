@@ -25,7 +25,8 @@ from torch.utils.data import DataLoader
 from prunelens.config import DatasetConfig
 from prunelens.data import DATASETS, DatasetSplit, TensorSplit
 from prunelens.data.base import DataBundle
-from prunelens.data.idx import MAX_CLASSES, read_idx
+from prunelens.data.common import MAX_CLASSES
+from prunelens.data.idx import read_idx
 from prunelens.errors import PrunelensError
 
 RNG = np.random.default_rng(1)

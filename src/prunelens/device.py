@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 
@@ -47,19 +45,9 @@ def default_threads() -> int:
 
 
 def configure_cpu(threads: int | None) -> int:
-    """Set torch's intra-op threads to `threads` or `default_threads()`; returns the count."""
+    """Set torch's intra-op threads to `threads` or `default_threads()`; returns the count. Denormals are not
+    flushed: benchmarks/bench_threads.py measured no gain (0.97–1.03×) and no subnormal values in training."""
     count = threads or default_threads()
     if torch.get_num_threads() != count:
         torch.set_num_threads(count)
     return count
-
-
-@contextmanager
-def denormals_flushed() -> Iterator[None]:
-    """Flush subnormal floats to zero on the CPU for the duration (benchmarks/bench_threads.py), then restore
-    IEEE behaviour: the flag is process-wide (it changes plain Python float arithmetic too), so it is never left on."""
-    torch.set_flush_denormal(True)
-    try:
-        yield
-    finally:
-        torch.set_flush_denormal(False)

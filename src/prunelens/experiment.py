@@ -156,7 +156,6 @@ def execute(p: Prepared, reporter: Reporter) -> RunResult:
 
 def dense_round(p: Prepared, reporter: Reporter) -> DenseRound:
     """Run (or reuse) the shared dense run `p` and hand over its θ_start and round 0."""
-    reporter.log(f"dense round: shared run {p.cfg.run_dir.name}")
     done = Run(execute(p, reporter).run_dir)
     record = done.round(0).record()
     fit = {"train_loss": record["train_loss"], "train_seconds": record["train_seconds"], "dense_run": done.root.name}

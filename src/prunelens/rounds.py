@@ -212,5 +212,6 @@ def run_rounds(ctx: Context, run: Run, dense: Dense | None = None) -> list[dict[
         store.save_tensors(round_file(r, "weights.pt"), trained)
         store.save_json(round_file(r, "metrics.json"), record)
         collapse = f"  collapsed: {record['collapse']}" if record["collapsed"] else ""
-        ctx.reporter.log(f"round {r}: density {record['density']:.3f}  test top-1 {record['test_top1']:.3f}{collapse}")
+        source = f" (from {record['dense_run']})" if "dense_run" in record else ""
+        ctx.reporter.log(f"round {r}{source}: density {record['density']:.3f}  test top-1 {record['test_top1']:.3f}{collapse}")
     return run.records()

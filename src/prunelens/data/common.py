@@ -17,6 +17,15 @@ from prunelens.errors import PrunelensError
 
 _CHUNK_PIXELS = 1 << 24
 """Elements processed at once by the chunked image operations (bounds temporary float memory)."""
+MAX_CLASSES = 100_000
+"""Labels are class indices below this: a larger one is a corrupted file (it would size the classifier)."""
+
+
+def check_labels(labels: np.ndarray, where: str) -> None:
+    """Labels must be class indices in 0..MAX_CLASSES-1; else a one-line error starting with `where`."""
+    if len(labels) and (labels.min() < 0 or labels.max() >= MAX_CLASSES):
+        bad = labels.min() if labels.min() < 0 else labels.max()
+        raise PrunelensError(f"{where}: label {bad} is not a class index in 0..{MAX_CLASSES - 1}")
 
 
 def check_options(cfg: DatasetConfig, allowed: dict[str, Any]) -> dict[str, Any]:

@@ -17,8 +17,7 @@ from sklearn.datasets import load_digits
 
 from prunelens.config import DatasetConfig
 from prunelens.data.base import DATASETS, DataBundle, TensorSplit
-from prunelens.data.common import check_fraction, check_options, make_bundle, option_error, require_root, split_off
-from prunelens.data.idx import MAX_CLASSES
+from prunelens.data.common import MAX_CLASSES, check_fraction, check_options, make_bundle, option_error, require_root, split_off
 from prunelens.errors import PrunelensError
 
 _SPLITS = ("train", "val", "test")

@@ -15,7 +15,7 @@ import torch
 
 from prunelens.config import DatasetConfig
 from prunelens.data.base import DATASETS, DataBundle, TensorSplit
-from prunelens.data.common import check_options, make_bundle, require_root, to_nchw
+from prunelens.data.common import check_labels, check_options, make_bundle, require_root, to_nchw
 from prunelens.errors import PrunelensError
 
 IDX_DTYPES: dict[int, np.dtype] = {
@@ -29,8 +29,6 @@ IDX_DTYPES: dict[int, np.dtype] = {
 """IDX type code → numpy dtype (multi-byte values are big-endian)."""
 MAX_NDIM = 32
 """More dimensions than numpy arrays may have everywhere; real IDX files have 1 to 4."""
-MAX_CLASSES = 100_000
-"""Labels are class indices below this: a larger one is a corrupted file (it would size the classifier)."""
 _CHUNK_BYTES = 1 << 24
 
 FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
@@ -92,13 +90,6 @@ def _read_data(stream: BinaryIO, limit: int) -> bytearray:
             break
         data += chunk
     return data
-
-
-def check_labels(labels: np.ndarray, where: str) -> None:
-    """Labels must be class indices in 0..MAX_CLASSES-1; else a one-line error starting with `where`."""
-    if len(labels) and (labels.min() < 0 or labels.max() >= MAX_CLASSES):
-        bad = labels.min() if labels.min() < 0 else labels.max()
-        raise PrunelensError(f"{where}: label {bad} is not a class index in 0..{MAX_CLASSES - 1}")
 
 
 def _find(root: Path, prefix: str, kind: str) -> Path:

@@ -13,8 +13,7 @@ import torch
 
 from prunelens.config import DatasetConfig
 from prunelens.data.base import DATASETS, DataBundle, TensorSplit
-from prunelens.data.common import check_options, make_bundle, option_error, require_root, to_nchw
-from prunelens.data.idx import check_labels
+from prunelens.data.common import check_labels, check_options, make_bundle, option_error, require_root, to_nchw
 from prunelens.errors import PrunelensError
 
 _OPTIONS: dict[str, Any] = {"flag": None, "size": None}
