@@ -47,9 +47,9 @@ def test_degenerate_counts_are_written_on_the_figures():
     table = pd.concat([lens_rows([1.0, 0.6, math.nan], [0, 3, 8]),
                        pd.DataFrame([{"round": 0, "density": 1.0, "kind": "floor", "metric": "spearman", "value": 0.1, "n": 8, "nan": 0, "degenerate": 0}])])  # fmt: skip
     fig = density_figure(table, ["pruned_vs_dense"], "t", {"floor": "floor"})
-    texts = [t.get_text() for t in fig.axes[0].texts]
-    assert "3 deg." in texts and "8 deg." in texts
-    assert any("floor" in line.get_label() for line in fig.axes[0].lines)
+    assert [t.get_text() for t in fig.axes[0].texts] == ["3 deg."]  # partly degenerate: counted at the point
+    labels = [line.get_label() for line in fig.axes[0].lines]
+    assert "all maps degenerate" in labels and any("floor" in label for label in labels)  # no value: marked, not dropped
     mprt = pd.DataFrame([{"step": s, "randomised": f"l{s}", "metric": "spearman", "value": v, "n": n, "nan": 8 - n, "degenerate": 8 - n}
                          for s, v, n in ((1, 0.5, 8), (2, math.nan, 0))])  # fmt: skip
     fig = mprt_figure(mprt, "standard")
@@ -62,3 +62,17 @@ def test_list_names_scopes_and_granularities(capsys):
     out = capsys.readouterr().out
     assert "pruning scopes: global, layerwise, uniform_plus, erk" in out
     assert "granularities: unstructured, filters, channels" in out and "lenses: gradcam" in out
+
+
+def test_pruning_to_nothing_draws_without_warnings(tmp_path):
+    """Densities reaching 0 and rounds whose maps are all degenerate: every figure is drawn, nothing is printed."""
+    import warnings
+
+    lens = {"name": "gradcam", "options": {"faithfulness": False, "mprt": False, "references": ["floor"]}}
+    cfg = tiny_config(tmp_path, pruning={"rounds": 12, "fraction": 0.7}, lenses=[lens], lens_images=4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = run(cfg, quiet=True)
+    assert result.records[-1]["density"] == 0 and result.records[-1]["collapsed"]
+    assert [str(w.message) for w in caught if issubclass(w.category, (RuntimeWarning, UserWarning))] == []
+    assert (result.run_dir / f"lenses/{result.lenses[0].key}/consistency.png").is_file()

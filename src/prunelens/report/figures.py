@@ -2,14 +2,16 @@
 
 Every function returns a matplotlib `Figure` (no pyplot: no global state, no backend switch, no warnings
 about open figures); `png(figure)` turns one into bytes. `LENS_FIGURES[name](view)` draws a lens' figures.
-Density axes are logarithmic, decreasing to the right, with at most `MAX_TICKS` labelled rounds.
+Density axes are logarithmic, decreasing to the right, with at most `MAX_TICKS` labelled rounds; an emptied
+network (density 0) sits a decade below the smallest density, labelled "0". Where every map of a round is
+degenerate (no value) an × marks the round on the axis; partial counts are written next to the points.
 """
 
 from __future__ import annotations
 
 import io
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +24,7 @@ from torch import Tensor
 from prunelens.lenses import similarity as sim
 from prunelens.lenses.cam import upsample
 
-MAX_TICKS = 7
+MAX_TICKS = 6
 REFERENCE_STYLE = {"floor": ("tab:red", "floor: random init"), "same_init": ("tab:green", "same-init reference"),
                    "other_seed": ("tab:purple", "other-seed reference")}  # fmt: skip
 
@@ -33,9 +35,21 @@ def png(figure: Figure, dpi: int = 110) -> bytes:
     return buffer.getvalue()
 
 
-def density_ticks(densities: list[float]) -> list[float]:
-    """At most `MAX_TICKS` of the densities, spread evenly in log space (labels never overlap)."""
-    values = sorted(set(densities), reverse=True)
+def zero_position(densities: Sequence[float]) -> float:
+    """Where density 0 (an emptied network) is drawn on the log axis: a decade below the smallest positive one."""
+    positive = [d for d in densities if d > 0]
+    return min(positive, default=1.0) / 10
+
+
+def on_axis(densities: Sequence[float]) -> list[float]:
+    """Densities as drawn: 0 moved to `zero_position` (log scales have no 0)."""
+    zero = zero_position(densities)
+    return [d if d > 0 else zero for d in densities]
+
+
+def density_ticks(densities: Sequence[float]) -> list[float]:
+    """At most `MAX_TICKS` of the (drawn) densities, spread evenly in log space (labels never overlap)."""
+    values = sorted(set(on_axis(densities)), reverse=True)
     if len(values) <= MAX_TICKS:
         return values
     logs = np.log10(values)
@@ -43,10 +57,17 @@ def density_ticks(densities: list[float]) -> list[float]:
     return sorted({values[int(np.abs(logs - w).argmin())] for w in wanted}, reverse=True)
 
 
-def density_axis(ax: Any, densities: list[float]) -> None:
+def tick_label(density: float) -> str:
+    """Short labels: 0.64, 0.1, 3e-4."""
+    return f"{density:.2g}" if density >= 0.01 else f"{density:.0e}".replace("e-0", "e-")
+
+
+def density_axis(ax: Any, densities: Sequence[float]) -> None:
+    """A logarithmic density axis, decreasing to the right; density 0, if present, is labelled "0"."""
     ticks = density_ticks(densities)
+    zero = zero_position(densities) if min(densities, default=1.0) <= 0 else None
     ax.set_xscale("log")
-    ax.set_xticks(ticks, [f"{d:.2g}" for d in ticks], fontsize=7)
+    ax.set_xticks(ticks, ["0" if d == zero else tick_label(d) for d in ticks], fontsize=7)
     ax.minorticks_off()
     if len(ticks) > 1:
         ax.set_xlim(max(ticks) * 1.15, min(ticks) / 1.15)
@@ -109,10 +130,15 @@ def density_figure(table: pd.DataFrame, kinds: list[str], title: str, references
     axes = fig.subplots(max(1, math.ceil(len(keys) / cols)), cols, squeeze=False).ravel()
     for ax, (kind, metric) in zip(axes, keys):
         curve = rows[(rows["kind"] == kind) & (rows["metric"] == metric)].sort_values("round")
-        ax.plot(curve["density"], curve["value"], marker="o", markersize=3, label=kind)
+        x = on_axis(list(curve["density"]))
+        ax.plot(x, curve["value"], marker="o", markersize=3, label=kind)
+        empty = [at for at, value in zip(x, curve["value"]) if not math.isfinite(value)]
+        if empty:
+            ax.plot(empty, [0.0] * len(empty), "x", color="black", markersize=4, transform=ax.get_xaxis_transform(), label="all maps degenerate")
         if "degenerate" in curve:
-            for _, point in curve[curve["degenerate"] > 0].iterrows():
-                ax.annotate(f"{int(point['degenerate'])} deg.", (point["density"], point["value"]), fontsize=6, color="grey")
+            for at, (_, point) in zip(x, curve.iterrows()):
+                if point["degenerate"] > 0 and math.isfinite(point["value"]):
+                    ax.annotate(f"{int(point['degenerate'])} deg.", (at, point["value"]), fontsize=6, color="grey")
         for ref, ref_kind in references.items():
             level = table[(table["kind"] == ref_kind) & (table["metric"] == metric)]["value"]
             if len(level) and math.isfinite(float(level.iloc[0])):
