@@ -16,15 +16,16 @@ from rich.table import Table
 from prunelens import config as config_mod
 from prunelens.analyze import LensTable
 from prunelens.config import ExperimentConfig, LensConfig, PruningConfig
-from prunelens.data import DATASETS, build_dataset
+from prunelens.data import DATASETS
 from prunelens.errors import PrunelensError
-from prunelens.experiment import analyze_run, prepare, run, summary
+from prunelens.experiment import analyze_run, run, summary
 from prunelens.lenses import LENSES
 from prunelens.models import MODELS
+from prunelens.progress import Reporter
 from prunelens.pruning import SCORES
 from prunelens.runs import Run, round_file
 from prunelens.store import atomic_write
-from prunelens.sweep import Sweep, load, run_sweep
+from prunelens.sweep import Point, Sweep, load, prepare_all, run_sweep
 
 QUICKSTART = "quickstart.yaml"
 
@@ -81,15 +82,12 @@ def cmd_run(args: argparse.Namespace) -> None:
 def cmd_check(args: argparse.Namespace) -> None:
     """Validate the config(s) and every input they name (data files, weights, lens fit) without writing."""
     target = loaded(args.config)
-    configs = [p.cfg for p in target.points] if isinstance(target, Sweep) else [target]
-    if args.output_dir:
-        configs = [cfg.with_overrides(output_dir=args.output_dir) for cfg in configs]
-    bundles: dict[str, Any] = {}
-    for cfg in configs:
-        key = cfg.dataset.model_dump_json()
-        bundles[key] = bundles.get(key) or build_dataset(cfg.dataset)
-        prepare(cfg, bundles[key])
-    print(f"ok: {len(configs)} run(s) would go to {', '.join(sorted({str(c.run_dir) for c in configs}))}")
+    sweep = target if isinstance(target, Sweep) else Sweep(target.name, [Point(target, 0, {})], compare=False)
+    for point in sweep.points:
+        point.cfg = point.cfg.with_overrides(output_dir=args.output_dir) if args.output_dir else point.cfg
+    with Reporter(quiet=True) as reporter:
+        prepare_all(sweep, reporter)
+    print(f"ok: {len(sweep.points)} run(s) would go to {', '.join(sorted({str(p.cfg.run_dir) for p in sweep.points}))}")
 
 
 def cmd_list(args: argparse.Namespace) -> None:

@@ -10,7 +10,8 @@ A config may carry a `sweep` section next to the usual fields (which form the ba
         pruning.method: [magnitude, l1, l2]
       compare: true              # ticket overlap across the grid runs of each variant
 
-Every point is an ordinary run (its own hash-named directory, resumable); the sweep writes a combined
+Every point is an ordinary run (its own hash-named directory, resumable); points that differ only in pruning
+settings share one dense run. Every point is checked before the first one trains. The sweep writes a combined
 per-round summary under `<output_dir>/sweeps/<name>/`.
 """
 
@@ -27,8 +28,10 @@ import pandas as pd
 from prunelens import config as config_mod
 from prunelens.analysis.tickets import compare_runs
 from prunelens.config import ExperimentConfig
+from prunelens.data import DataBundle, build_dataset
 from prunelens.errors import PrunelensError
-from prunelens.experiment import run
+from prunelens.experiment import Prepared, execute, prepare
+from prunelens.progress import Reporter
 from prunelens.runs import Run
 from prunelens.store import atomic_write
 
@@ -101,14 +104,27 @@ def load(path: str | Path) -> Sweep | ExperimentConfig:
     return config_mod.from_dict(data, source=str(path))
 
 
+def prepare_all(sweep: Sweep, reporter: Reporter) -> list[Prepared]:
+    """Every point checked (with its data, built once per distinct dataset section) before any point trains."""
+    bundles: dict[str, DataBundle] = {}
+    prepared = []
+    for point in sweep.points:
+        key = point.cfg.dataset.model_dump_json()
+        if key not in bundles:
+            bundles[key] = build_dataset(point.cfg.dataset)
+        prepared.append(prepare(point.cfg, bundles[key], reporter))
+    return prepared
+
+
 def run_sweep(sweep: Sweep, quiet: bool = False) -> pd.DataFrame:
-    """Run every point (resuming finished ones) and write the combined per-round summary table."""
+    """Run every point (resuming finished ones; dense rounds shared where points differ only in pruning) and
+    write the combined per-round summary table."""
     frames = []
-    for i, point in enumerate(sweep.points, 1):
-        if not quiet:
-            print(f"[{i}/{len(sweep.points)}] {sweep.name} variant {point.variant} {point.labels}")
-        summary = run(point.cfg, quiet=quiet).summary().drop(columns=["train_seconds"])
-        frames.append(summary.assign(variant=point.variant, run=point.cfg.run_dir.name, **point.labels))
+    with Reporter(quiet) as reporter:
+        for i, (point, prepared) in enumerate(zip(sweep.points, prepare_all(sweep, reporter)), 1):
+            reporter.log(f"[{i}/{len(sweep.points)}] {sweep.name} variant {point.variant} {point.labels}")
+            summary = execute(prepared, reporter).summary().drop(columns=["train_seconds"])
+            frames.append(summary.assign(variant=point.variant, run=point.cfg.run_dir.name, **point.labels))
     table = pd.concat(frames, ignore_index=True)
     atomic_write(sweep.out_dir / "summary.csv", table.to_csv(index=False).encode())
     if sweep.compare:
