@@ -73,10 +73,14 @@ SCENARIOS = {
 }
 
 
-def dense_experiment(epochs: int | None, output_dir: str) -> ExperimentConfig:
-    """The default experiment without pruning rounds or lenses (and `epochs` epochs, if given)."""
+def dense_experiment(epochs: int | None, images: int | None, output_dir: str) -> ExperimentConfig:
+    """The default experiment without pruning rounds or lenses (and `epochs` epochs, `images` training images and a
+    quarter of that for val and test, if given)."""
+    cfg = quickstart_config()
     training = {"epochs": epochs} if epochs else {}
-    return quickstart_config().with_overrides(pruning={"rounds": 0}, lenses=[], output_dir=output_dir, training=training)
+    small = {"n_train": images, "n_val": max(images // 4, 50), "n_test": max(images // 4, 50)} if images else {}
+    dataset = {"options": {**cfg.dataset.options, **small}}
+    return cfg.with_overrides(pruning={"rounds": 0}, lenses=[], output_dir=output_dir, training=training, dataset=dataset)
 
 
 def subnormals(tensors: Sequence[torch.Tensor]) -> list[int]:
@@ -107,10 +111,10 @@ def count_subnormals(model: nn.Module, optimizer: torch.optim.Optimizer, batch: 
     return {kind: subnormals(ts) for kind, ts in tensors.items()}
 
 
-def child(threads: int, flush: bool, epochs: int | None) -> None:
+def child(threads: int, flush: bool, epochs: int | None, images: int | None) -> None:
     """Child-process mode: prepare, say `ready`, wait for `go`, train the dense round once; print a `Result`."""
     with tempfile.TemporaryDirectory() as out:
-        cfg = dense_experiment(epochs, out)
+        cfg = dense_experiment(epochs, images, out)
         prepared = prepare(cfg)
         torch.set_num_threads(threads)
         torch.set_flush_denormal(flush)
@@ -132,10 +136,11 @@ def child(threads: int, flush: bool, epochs: int | None) -> None:
     print(json.dumps(result), flush=True)
 
 
-def launch(s: Scenario, epochs: int | None) -> list[Result]:
+def launch(s: Scenario, epochs: int | None, images: int | None) -> list[Result]:
     """Start `s.copies` children, release them together once all have prepared, and return their results."""
     cmd = [sys.executable, __file__, "--child", str(s.threads), str(int(s.flush))]
     cmd += ["--epochs", str(epochs)] if epochs else []
+    cmd += ["--images", str(images)] if images else []
     procs = [subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for _ in range(s.copies)]
     for p in procs:
         if p.stdout.readline() != "ready\n":
@@ -197,16 +202,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds of the six scenarios")
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: the config's)")
     parser.add_argument("--quick", action="store_true", help="1 round of 1 epoch (a minute or two)")
+    parser.add_argument("--images", type=int, default=None, help="training images, val/test a quarter (default: the config's 6,000/1,000/2,000)")
     parser.add_argument("--child", nargs=2, type=int, metavar=("THREADS", "FLUSH"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     epochs = args.epochs or (1 if args.quick else None)
     if args.child:
-        child(args.child[0], bool(args.child[1]), epochs)
+        child(args.child[0], bool(args.child[1]), epochs, args.images)
         return
     began = time.perf_counter()
     print(environment())
     meter = CpuMeter()
-    runs = {key: partial(launch, s, epochs) for key, s in SCENARIOS.items()}
+    runs = {key: partial(launch, s, epochs, args.images) for key, s in SCENARIOS.items()}
     report(interleaved(runs, 1 if args.quick else args.repeats, meter), meter)
     print(f"\ntotal wall time {time.perf_counter() - began:.0f} s")
 

@@ -93,3 +93,18 @@ def test_lens_options_are_checked_when_the_config_loads(lenses, message):
     with pytest.raises(PrunelensError) as err:
         config.from_dict({"lenses": lenses})
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_cuda_index_is_checked(monkeypatch):
+    import torch
+
+    from prunelens.device import check_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    check_device("cuda:0")
+    check_device("cuda")
+    with pytest.raises(PrunelensError, match=r"device: 'cuda:7' is not available on this machine \(1 CUDA device\(s\)\)"):
+        check_device("cuda:7")
+    with pytest.raises(PrunelensError, match="is not cpu, cuda"):
+        check_device("meta")

@@ -76,3 +76,17 @@ def test_pruning_to_nothing_draws_without_warnings(tmp_path):
     assert result.records[-1]["density"] == 0 and result.records[-1]["collapsed"]
     assert [str(w.message) for w in caught if issubclass(w.category, (RuntimeWarning, UserWarning))] == []
     assert (result.run_dir / f"lenses/{result.lenses[0].key}/consistency.png").is_file()
+
+
+@pytest.mark.slow
+def test_thread_and_denormal_benchmark_prints_its_ratios():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "benchmarks" / "bench_threads.py"
+    out = subprocess.run([sys.executable, str(script), "--quick", "--images", "200"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    for line in ("flushed ÷ not, alone (b ÷ a)", "2 threads ÷ 1 thread, 2 at once (c ÷ e)", "fair sharing: 2", "Subnormal values"):
+        assert line in out.stdout
+    assert "cores busy in OTHER processes" in out.stdout

@@ -112,3 +112,23 @@ def test_bounded_wait_is_a_clear_error(tmp_path):
     with pytest.raises(PrunelensError, match="in use by another process"):
         RunStore(tmp_path).lock(wait=0.3)
     first.unlock()
+
+
+def test_content_keyed_cache_computes_once_and_recomputes_damage(tmp_path):
+    from prunelens.cache import FileCache
+
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"x": torch.arange(3.0)}
+
+    key = {"encoder": "hist", "pool": [1, 2, 3]}
+    first = FileCache(tmp_path).tensors(key, compute)
+    again = FileCache(tmp_path).tensors({"pool": [1, 2, 3], "encoder": "hist"}, compute)  # another instance, same content
+    assert len(calls) == 1 and torch.equal(first["x"], again["x"])
+    FileCache(tmp_path).tensors({**key, "pool": [1, 2]}, compute)
+    assert len(calls) == 2
+    (data,) = [p for p in tmp_path.rglob("*.pt") if p.stat().st_size and FileCache(tmp_path)._paths(key)[0] == p]
+    data.write_bytes(data.read_bytes()[:-4] + b"edit")
+    assert torch.equal(FileCache(tmp_path).tensors(key, compute)["x"], torch.arange(3.0)) and len(calls) == 3
