@@ -112,8 +112,10 @@ def analyze(
                     save_result(run, key, f"round_{r:03d}", result)
                 advance(1)
         table = lens_table(run, key, rounds)
+        before = run.store.manifest.get(f"lens_{key}.csv")
         run.store.save_table(f"lens_{key}", table)
-        draw_figures(run, lens.name, key, table)
+        if before != run.store.manifest.get(f"lens_{key}.csv") or not figures_present(run, key):
+            draw_figures(run, lens.name, key, table)
         reporter.log(f"lens {key}: {len(table)} records over {len(rounds)} rounds")
         out.append(LensTable(key, lens.name, table))
     return out
@@ -130,12 +132,22 @@ def lens_table(run: Run, key: str, rounds: Sequence[int]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def figures_present(run: Run, key: str) -> bool:
+    """Whether every figure last drawn for the lens (listed in `figures.json`) is still in the run."""
+    where = lens_file(key, "figures.json")
+    return run.store.has(where) and all(run.store.has(lens_file(key, f"{n}.png")) for n in run.store.load_json(where))
+
+
 def draw_figures(run: Run, name: str, key: str, table: pd.DataFrame) -> None:
-    """The lens' figures, drawn from its stored results (`report/figures.py`), as PNGs in its directory."""
+    """The lens' figures, drawn from its stored results (`report/figures.py`), as PNGs in its directory, and
+    their list (`figures.json`, written last), so an unchanged table with all its figures is not drawn again."""
     if name not in LENS_FIGURES:
         return
     setup = load_result(run, key, "setup")
     view = LensView(table, setup.tensors, setup.artefacts, lambda r: load_result(run, key, f"round_{r:03d}").tensors)
+    drawn = []
     for figure_name, figure in LENS_FIGURES[name](view).items():
         check_interrupt()
         run.store.write(lens_file(key, f"{figure_name}.png"), png(figure))
+        drawn.append(figure_name)
+    run.store.save_json(lens_file(key, "figures.json"), drawn)
