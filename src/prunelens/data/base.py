@@ -45,10 +45,12 @@ class TensorSplit:
 @dataclass
 class DatasetSplit:
     """A split too big for memory: a torch `Dataset` yielding (float image tensor, int label), already
-    transformed and normalised; batched by a `DataLoader`."""
+    transformed and normalised; batched by a `DataLoader`. `extras` are per-image tensors aligned with the
+    dataset's rows (e.g. `concepts`), small enough for memory even when the images are not."""
 
     dataset: Dataset
     num_workers: int = 0
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]

@@ -89,7 +89,8 @@ def subset(split: Split, index: np.ndarray) -> Split:
     """The rows `index` of a split, of the same kind."""
     if isinstance(split, TensorSplit):
         return split.subset(torch.as_tensor(index))
-    return DatasetSplit(Subset(split.dataset, index.tolist()), split.num_workers)
+    extras = {k: v[torch.as_tensor(index)] for k, v in split.extras.items()}
+    return DatasetSplit(Subset(split.dataset, index.tolist()), split.num_workers, extras)
 
 
 def stratified_indices(labels: np.ndarray, held: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

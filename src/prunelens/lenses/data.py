@@ -77,4 +77,5 @@ class LensData:
         x = torch.stack(images).to(self.device)
         std = torch.tensor(self.bundle.std, device=self.device).view(1, -1, 1, 1)
         pixels = x * std + torch.tensor(self.bundle.mean, device=self.device).view(1, -1, 1, 1)
-        return LensBatch(x, torch.tensor(labels, device=self.device), pixels.clamp(0, 1), {}, self.bundle.class_names, index)
+        extras = {k: v[index.cpu()].to(self.device) for k, v in split.extras.items()}
+        return LensBatch(x, torch.tensor(labels, device=self.device), pixels.clamp(0, 1), extras, self.bundle.class_names, index)
