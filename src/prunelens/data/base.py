@@ -78,6 +78,9 @@ class DataBundle:
     std: tuple[float, ...]
     class_names: list[str] | None = None
     concept_names: list[str] | None = None
+    class_concepts: torch.Tensor | None = None
+    """(num_classes, K) bool: the concepts that define or describe each class, where the data knows them
+    (`shapes`: the class definitions; class-level attribute tables) — the ground truth of concept correctness"""
     notes: list[str] = field(default_factory=list)
     """one-line remarks for the user (e.g. skipped unreadable files), printed by the experiment"""
 

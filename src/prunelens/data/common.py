@@ -166,6 +166,7 @@ def make_bundle(
     *,
     class_names: list[str] | None = None,
     concept_names: list[str] | None = None,
+    class_concepts: torch.Tensor | None = None,
     stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
     image_size: tuple[int, int] | None = None,
     in_channels: int | None = None,
@@ -195,6 +196,7 @@ def make_bundle(
     return DataBundle(
         name=cfg.name, train=train, val=val, test=test, num_classes=num_classes, in_channels=in_channels,
         image_size=image_size, mean=stats[0], std=stats[1], class_names=class_names, concept_names=concept_names,
+        class_concepts=class_concepts,
     )  # fmt: skip
 
 

@@ -215,4 +215,4 @@ def shapes(cfg: DatasetConfig, seed: int) -> DataBundle:
         generate(opts[f"n_{part}"], seed=int(s), spurious=opts["spurious"] if part != "test" else 0.0, **common)
         for part, s in zip(("train", "val", "test"), seeds)
     )
-    return make_bundle(cfg, seed, train, test, val, class_names=CLASS_NAMES, concept_names=CONCEPT_NAMES)
+    return make_bundle(cfg, seed, train, test, val, class_names=CLASS_NAMES, concept_names=CONCEPT_NAMES, class_concepts=CLASS_CONCEPTS)
