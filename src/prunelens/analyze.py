@@ -25,7 +25,8 @@ from prunelens.interrupts import check_interrupt
 from prunelens.lenses.base import Cache, Lens, LensContext, LensResult, LensRound, options_key
 from prunelens.lenses.data import LensData
 from prunelens.progress import Reporter
-from prunelens.report.figures import LENS_FIGURES, LensView, png
+from prunelens.report import LENS_FIGURES
+from prunelens.report.figures import LensView, png
 from prunelens.runs import Run, lens_file
 
 
@@ -102,6 +103,8 @@ def analyze(
         if not run.store.has(lens_file(key, "setup.json")):
             save_result(run, key, "setup", lens.setup(ctx))
         ctx = replace(ctx, dense_result=load_result(run, key, "setup"))
+        for note in ctx.dense_result.artefacts.get("notes", []):
+            reporter.notice(f"lens {key}: {note}")
         with reporter.task(f"lens {key}", total=len(rounds)) as advance:
             for r in rounds:
                 if not run.store.has(lens_file(key, f"round_{r:03d}.json")):
@@ -114,6 +117,8 @@ def analyze(
         table = lens_table(run, key, rounds)
         before = run.store.manifest.get(f"lens_{key}.csv")
         run.store.save_table(f"lens_{key}", table)
+        for name, extra in lens.tables(table).items():
+            run.store.save_table(f"lens_{key}_{name}", extra)
         if before != run.store.manifest.get(f"lens_{key}.csv") or not figures_present(run, key):
             draw_figures(run, lens.name, key, table)
         reporter.log(f"lens {key}: {len(table)} records over {len(rounds)} rounds")

@@ -127,6 +127,7 @@ def prepare(cfg: ExperimentConfig, bundle: DataBundle | None = None, reporter: R
         batch = LensData(bundle, cfg.device, CHECK_IMAGES).eval_batch
         for i, lens in enumerate(prepared.lenses):
             try:
+                lens.check_pruning(cfg.pruning.granularity)
                 lens.check(model, batch)
             except PrunelensError as err:
                 raise PrunelensError(f"lenses[{i}] ({lens.name}): {err}") from None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from prunelens.config import DatasetConfig
-from prunelens.data import csv_pixels, folder, idx, medmnist, shapes  # noqa: F401  (register their datasets)
+from prunelens.data import attributes, csv_pixels, cub, derm7pt, folder, idx, medmnist, shapes  # noqa: F401  (register their datasets)
 from prunelens.data.base import DATASETS, DataBundle, DatasetSplit, TensorSplit
 from prunelens.data.common import limit
 

@@ -16,8 +16,9 @@ context — so any order of rounds gives the same results. Figures are drawn fro
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -107,13 +108,43 @@ class Lens(ABC):
     def __call__(self, ctx: LensContext, rnd: LensRound) -> LensResult:
         """Analyse one round."""
 
+    def check_pruning(self, granularity: str) -> None:
+        """Raise a one-line `PrunelensError` if this lens cannot follow networks pruned at `granularity`."""
+
     @classmethod
     def headline(cls, table: pd.DataFrame) -> pd.DataFrame | None:
         """A few key numbers per round for the terminal (default: none)."""
         return None
 
+    @classmethod
+    def tables(cls, table: pd.DataFrame) -> dict[str, pd.DataFrame]:
+        """Extra tables derived from the long table, saved as `lens_<key>_<name>` (default: none)."""
+        return {}
+
 
 LENSES: Registry[type[Lens]] = Registry("lens")
+TRAINED_REFERENCES = ("same_init", "other_seed")
+
+
+def reference_positions(
+    records: list[dict[str, Any]], levels: list[dict[str, Any]], references: Sequence[str], kind: str = "pruned_vs_dense"
+) -> list[dict[str, Any]]:
+    """`position` rows: (x − floor) / (reference − floor) of every `kind` record, per trained reference, from the
+    references' own values (`levels`: records whose kind is the reference); NaN where reference = floor. Above 1:
+    closer to the dense network than the reference is. None without the floor."""
+    if "floor" not in references:
+        return []
+    level = {(r["kind"], r["metric"]): r["value"] for r in levels}
+    out = []
+    for rec in records:
+        if rec["kind"] != kind:
+            continue
+        floor = level.get(("floor", rec["metric"]), math.nan)
+        for ref in (k for k in references if k in TRAINED_REFERENCES):
+            reference = level.get((ref, rec["metric"]), math.nan)
+            value = (rec["value"] - floor) / (reference - floor) if reference != floor else math.nan
+            out.append({**rec, "kind": "position", "reference": ref, "value": value})
+    return out
 
 
 def options_key(lens: Lens) -> dict[str, Any]:

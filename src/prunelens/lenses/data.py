@@ -9,6 +9,7 @@ from functools import cached_property
 import torch
 
 from prunelens.data.base import DataBundle, DatasetSplit, Split
+from prunelens.data.common import split_labels
 from prunelens.data.loader import Loader
 from prunelens.errors import PrunelensError
 from prunelens.seeding import generator
@@ -50,6 +51,10 @@ class LensData:
             raise PrunelensError(f"unknown split {name!r}: expected train, val or test")
         return getattr(self.bundle, name)
 
+    def labels(self, name: str) -> torch.Tensor:
+        """All labels of split `name` (on the CPU)."""
+        return split_labels(self.split(name)).cpu()
+
     def take(self, name: str, index: torch.Tensor) -> LensBatch:
         """The rows `index` of split `name` as a `LensBatch`."""
         split = self.split(name)
@@ -66,11 +71,15 @@ class LensData:
         for start in range(0, n, batch_size):
             yield self.take(name, torch.arange(start, min(start + batch_size, n)))
 
-    def pool(self, n: int, name: str = "test", seed: int = 0) -> LensBatch:
-        """`n` images of split `name` drawn without replacement from the (seed, "pool") stream (all if n ≥ size)."""
+    def pool_index(self, n: int, name: str = "test", seed: int = 0) -> torch.Tensor:
+        """Sorted rows of `n` images of split `name` drawn without replacement from the (seed, "pool") stream
+        (all if n ≥ size)."""
         size = len(self.split(name))
-        order = torch.randperm(size, generator=generator(seed, "pool", size))[: min(n, size)]
-        return self.take(name, order.sort().values)
+        return torch.randperm(size, generator=generator(seed, "pool", size))[: min(n, size)].sort().values
+
+    def pool(self, n: int, name: str = "test", seed: int = 0) -> LensBatch:
+        """The images of `pool_index(n, name, seed)`."""
+        return self.take(name, self.pool_index(n, name, seed))
 
     def _from_dataset(self, split: DatasetSplit, index: torch.Tensor) -> LensBatch:
         images, labels = zip(*(split.dataset[int(i)] for i in index))

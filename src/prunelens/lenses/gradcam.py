@@ -27,13 +27,12 @@ from torch import Tensor, nn
 
 from prunelens.errors import PrunelensError
 from prunelens.lenses import similarity as sim
-from prunelens.lenses.base import LENSES, Lens, LensContext, LensOptions, LensResult, LensRound
+from prunelens.lenses.base import LENSES, Lens, LensContext, LensOptions, LensResult, LensRound, reference_positions
 from prunelens.lenses.cam import LIBRARY, NATIVE, CAMResult, GradCAM, find_target_layer, library_methods
 from prunelens.lenses.data import LensBatch
 from prunelens.lenses.sanity import cascading_randomisation, correctness, deletion_insertion
 
 Reference = Literal["floor", "same_init", "other_seed"]
-TRAINED = ("same_init", "other_seed")
 FIGURE_IMAGES = 8
 """Images of the evaluation batch kept (as uint8 pixels) for the per-round grid figures."""
 
@@ -165,7 +164,7 @@ class GradCAMLens(Lens):
             {"kind": "maps", "metric": "grid_w", "value": float(w), "n": b, "nan": 0, "degenerate": int(bad.sum())},
         ]
         records += _rows("pruned_vs_dense", similar, similar["degenerate"])
-        records += self._positions(records, stored)
+        records += reference_positions(records, stored.records, self.options.references)
         tensors = {"maps": current.maps, "targets": current.targets, "peak": current.peak}
         tensors.update({f"pruned_vs_dense.{k}": v for k, v in similar.items()})
         if "masks" in batch.extras:
@@ -177,23 +176,6 @@ class GradCAMLens(Lens):
             records += _rows("faithfulness", {k: v for k, v in per_image.items() if k.endswith("_auc")}, bad)
             tensors.update({f"faithfulness.{k}": v for k, v in per_image.items()})
         return LensResult(self._tag(records, layer), tensors)
-
-    def _positions(self, records: list[dict[str, Any]], stored: LensResult) -> list[dict[str, Any]]:
-        """Normalised position (x − floor) / (reference − floor) of each consistency metric, per trained reference
-        (NaN where reference = floor); above 1: closer to the dense maps than the reference is."""
-        if "floor" not in self.options.references:
-            return []
-        level = {(r["kind"], r["metric"]): r["value"] for r in stored.records}
-        out = []
-        for rec in records:
-            if rec["kind"] != "pruned_vs_dense":
-                continue
-            floor = level.get(("floor", rec["metric"]), math.nan)
-            for ref in (k for k in self.options.references if k in TRAINED):
-                reference = level.get((ref, rec["metric"]), math.nan)
-                value = (rec["value"] - floor) / (reference - floor) if reference != floor else math.nan
-                out.append({**rec, "kind": "position", "reference": ref, "value": value})
-        return out
 
     # -- the terminal table
 

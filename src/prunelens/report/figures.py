@@ -1,7 +1,7 @@
 """Figures drawn from stored results (tables and tensors), never inside a lens or the round loop.
 
 Every function returns a matplotlib `Figure` (no pyplot: no global state, no backend switch, no warnings
-about open figures); `png(figure)` turns one into bytes. `LENS_FIGURES[name](view)` draws a lens' figures.
+about open figures); `png(figure)` turns one into bytes. `prunelens.report.LENS_FIGURES[name](view)` draws a lens' figures.
 Density axes are logarithmic, decreasing to the right, with at most `MAX_TICKS` labelled rounds; an emptied
 network (density 0) sits a decade below the smallest density, labelled "0". Where every map of a round is
 degenerate (no value) an × marks the round on the axis; partial counts are written next to the points.
@@ -195,10 +195,6 @@ def gradcam_figures(view: LensView) -> dict[str, Figure]:
     if (table["kind"] == "mprt").any():
         figures["mprt"] = mprt_figure(table[table["kind"] == "mprt"], method)
     return figures
-
-
-LENS_FIGURES: dict[str, Callable[[LensView], dict[str, Figure]]] = {"gradcam": gradcam_figures}
-"""Lens name → its figures; a lens without an entry has none."""
 
 
 def layer_density_figure(table: pd.DataFrame) -> Figure:
