@@ -8,19 +8,22 @@ import math
 import pandas as pd
 import pytest
 import torch
+from conftest import tiny_config
 from sklearn.linear_model import SGDClassifier
 from torch import nn
 
-from prunelens.config import DatasetConfig, ModelConfig, TrainingConfig
+from prunelens.cli import main
+from prunelens.config import DatasetConfig, LensConfig, ModelConfig, TrainingConfig
 from prunelens.data import build_dataset
 from prunelens.errors import PrunelensError
-from prunelens.experiment import prepare, run
+from prunelens.experiment import analyze_run, prepare, run
 from prunelens.lenses.base import LensContext
-from prunelens.lenses.concepts.bank import ConceptBank, draw_samples, embed, fit_svm_bank
+from prunelens.lenses.concepts.bank import ConceptBank, draw_samples, fit_svm_bank
 from prunelens.lenses.concepts.heads import fit_head
 from prunelens.lenses.concepts.lens import PCBMLens
 from prunelens.lenses.concepts.pcbm import correctness
 from prunelens.lenses.data import LensData
+from prunelens.lenses.features import embed
 from prunelens.models import build_model
 from prunelens.runs import Run
 from prunelens.seeding import seed_global
@@ -193,9 +196,17 @@ def test_bad_options_fail_when_the_config_loads(tiny):
         prepare(cfg)
 
 
-def test_lens_end_to_end_tables_and_no_pickle(tiny):
-    cfg = tiny(lenses=[{"name": "pcbm", "options": {"n_samples": 20, "residual": True}}], lens_images=16)
-    result = run(cfg, quiet=True)
+LENS = {"name": "pcbm", "options": {"n_samples": 20}}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    cfg = tiny_config(tmp_path_factory.mktemp("pcbm"), lenses=[LENS], lens_images=16)
+    return cfg, run(cfg, quiet=True)
+
+
+def test_lens_end_to_end_tables_and_no_pickle(finished):
+    cfg, result = finished
     lens = next(t for t in result.lenses if t.name == "pcbm")
     table = lens.table
     rounds = sorted(table["round"].unique())
@@ -221,6 +232,36 @@ def test_lens_end_to_end_tables_and_no_pickle(tiny):
     pd.testing.assert_frame_equal(next(t.table for t in again.lenses if t.name == "pcbm"), table)
 
 
+def test_same_config_same_table_bytes(finished, tmp_path):
+    cfg, result = finished
+    key = next(t.key for t in result.lenses if t.name == "pcbm")
+    fresh = run(tiny_config(tmp_path, lenses=[LENS], lens_images=16), quiet=True)
+    for name in (f"lens_{key}.csv", f"lens_{key}_topk.csv"):
+        assert (fresh.run_dir / name).read_bytes() == (result.run_dir / name).read_bytes()
+
+
+def test_cli_analyze_and_the_variants(finished, capsys):
+    """`prunelens analyze --explain pcbm` (defaults), then the fixed dense bank, the seed's logistic bank and
+    the torch head on the same run: each its own key, the fixed bank's vectors the dense ones in every round."""
+    _, result = finished
+    assert main(["analyze", str(result.run_dir), "--explain", "pcbm"]) == 0
+    out = capsys.readouterr().out
+    assert "pcbm: explanations vs density" in out and "topk_jaccard" in out
+    assert (result.run_dir / "lens_pcbm.csv").is_file() and (result.run_dir / "lens_pcbm_topk.csv").is_file()
+    variants = [{"fixed_bank": True}, {"concept_bank": "multilabel_logistic"}, {"head": "torch", "residual": False}]
+    tables = analyze_run(Run.open(result.run_dir), [LensConfig(name="pcbm", options=o) for o in variants], quiet=True)
+    assert len({t.key for t in tables}) == 3
+    fixed, logistic, torch_head = (t.table for t in tables)
+    setup = torch.load(result.run_dir / "lenses" / tables[0].key / "setup.pt", weights_only=True)
+    later = torch.load(result.run_dir / "lenses" / tables[0].key / "round_002.pt", weights_only=True)
+    assert torch.equal(setup["bank.vectors"], later["bank.vectors"])
+    assert set(logistic["bank"]) == {"multilabel_logistic"} and set(torch_head["head"]) == {"torch"}
+    assert not (torch_head["kind"] == "accuracy")[torch_head["metric"] == "pcbm_h"].any()
+    for table in (fixed, logistic, torch_head):
+        acc = table[(table["kind"] == "accuracy") & (table["metric"] == "pcbm")]["value"]
+        assert len(acc) == 3 and acc.between(0, 1).all()
+
+
 def test_embedding_defaults_to_the_classifier_input():
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
     x = torch.randn(5, 1, 6, 6)
@@ -230,5 +271,5 @@ def test_embedding_defaults_to_the_classifier_input():
     conv, _ = embed(model, [x], "0")
     assert torch.allclose(conv, model[0](x).mean((2, 3)))
     assert not math.isnan(float(features.sum()))
-    with pytest.raises(PrunelensError, match="no module 'nope'"):
+    with pytest.raises(PrunelensError, match="option layer: Sequential has no module .nope."):
         embed(model, [x], "nope")

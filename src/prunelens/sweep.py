@@ -12,7 +12,8 @@ A config may carry a `sweep` section next to the usual fields (which form the ba
 
 Every point is an ordinary run (its own hash-named directory, resumable); points that differ only in pruning
 settings share one dense run. Every point is checked before the first one trains. The sweep writes a combined
-per-round summary under `<output_dir>/sweeps/<name>/`.
+per-round summary under `<output_dir>/sweeps/<name>/`, and with a `mis` lens the MIS statistics across its
+runs (`write_mis_statistics`).
 """
 
 from __future__ import annotations
@@ -26,12 +27,17 @@ from typing import Any
 import pandas as pd
 
 from prunelens import config as config_mod
+from prunelens.analysis.mis_stats import mis_statistics
 from prunelens.analysis.tickets import compare_runs
+from prunelens.analyze import lens_key
 from prunelens.config import ExperimentConfig
 from prunelens.data import DataBundle, build_dataset
 from prunelens.errors import PrunelensError
 from prunelens.experiment import Prepared, execute, prepare
+from prunelens.lenses import LENSES
 from prunelens.progress import Reporter
+from prunelens.report.figures import png
+from prunelens.report.mis_figures import mis_vs_accuracy, mis_vs_density
 from prunelens.runs import Run
 from prunelens.store import atomic_write
 
@@ -129,6 +135,7 @@ def run_sweep(sweep: Sweep, quiet: bool = False) -> pd.DataFrame:
     atomic_write(sweep.out_dir / "summary.csv", table.to_csv(index=False).encode())
     if sweep.compare:
         compare_variants(sweep)
+    write_mis_statistics(sweep)
     return table
 
 
@@ -140,3 +147,20 @@ def compare_variants(sweep: Sweep) -> None:
             labels = [" ".join(f"{k}={val}" for k, val in p.labels.items()) or p.cfg.run_dir.name for p in points]
             for name, frame in compare_runs([Run(p.cfg.run_dir) for p in points], labels=labels).items():
                 atomic_write(sweep.out_dir / f"{name}_variant{v}.csv", frame.to_csv(index=False).encode())
+
+
+def write_mis_statistics(sweep: Sweep) -> None:
+    """With a `mis` lens: MIS of every model against the pruning settings (`analysis/mis_stats.py`) as
+    `mis_models.csv`, `mis_correlations.csv`, `mis_anova.csv`, `mis_anova_accuracy.csv`, `mis_vs_density.png`
+    and `mis_vs_accuracy.png`; a name gets `_<lens key>` when the points hold several mis configurations."""
+    runs: dict[str, dict[Path, Run]] = {}
+    for point in sweep.points:
+        for spec in (s for s in point.cfg.lenses if s.name == "mis"):
+            runs.setdefault(lens_key(LENSES.get("mis")(spec.options)), {})[point.cfg.run_dir] = Run(point.cfg.run_dir)
+    for key, found in runs.items():
+        suffix = f"_{key}" if len(runs) > 1 else ""
+        tables = mis_statistics(list(found.values()), key)
+        for name, frame in tables.items():
+            atomic_write(sweep.out_dir / f"{name}{suffix}.csv", frame.to_csv(index=False).encode())
+        for name, draw in (("mis_vs_density", mis_vs_density), ("mis_vs_accuracy", mis_vs_accuracy)):
+            atomic_write(sweep.out_dir / f"{name}{suffix}.png", png(draw(tables["mis_models"])))

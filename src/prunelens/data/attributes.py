@@ -1,28 +1,15 @@
-"""Concept-labelled image data shared by `cub`, `ham10000` and `derm7pt`: class-level attribute tables (the
-concept denoising of Koh et al., 2020) and lists of image files with per-image extras such as `concepts`."""
+"""Class-level attribute tables, the concepts of `cub` and of a `class_table` concept source: per-class
+attribute frequencies, a CSV table of them, and their binarisation (the concept denoising of Koh et al., 2020)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset
-from torchvision import transforms
 
-from prunelens.config import DatasetConfig
-from prunelens.data.base import DataBundle, DatasetSplit, Split, TensorSplit
-from prunelens.data.common import make_bundle
-from prunelens.data.folder import IMAGENET_STATS, _header, _keep_readable, _load_in_memory, _stats, load_rgb
 from prunelens.errors import PrunelensError
-
-IMAGE_OPTIONS: dict[str, Any] = {"in_memory_max": 20000, "mean": None, "std": None, "num_workers": 0}
-"""The options of every image-list dataset, as for `imagefolder`."""
-DEFAULT_SIZE = 224
-"""Images of these datasets differ in size: they are resized to `dataset.image_size`, else to this."""
 
 
 def class_frequencies(
@@ -81,80 +68,3 @@ def read_class_table(path: Path, class_names: list[str]) -> tuple[torch.Tensor, 
     if (values > 1).any():
         values = values / 100
     return torch.tensor(values, dtype=torch.float32), names
-
-
-class ImageList(Dataset):
-    """Labelled image files, shaped like an ImageFolder (`root`, `samples`, `targets`, `transform`) so the
-    readers of `folder.py` apply, with `extras` aligned with `samples` as given (each file listed once).
-
-    Images load as RGB. Readers drop unreadable files from `samples`; `kept_extras()` follows them."""
-
-    def __init__(self, root: Path, samples: list[tuple[str, int]], extras: dict[str, torch.Tensor]) -> None:
-        self.root = str(root)
-        self.samples = self.imgs = samples
-        self.targets = [target for _, target in samples]
-        self.transform: Callable[[Any], torch.Tensor] | None = None
-        self.extras = extras
-        self._rows: dict[str, int] = {}
-        for row, (path, _) in enumerate(samples):
-            if path in self._rows:
-                raise PrunelensError(f"{path}: listed twice")
-            self._rows[path] = row
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        path, target = self.samples[index]
-        image = load_rgb(path)
-        return (self.transform(image) if self.transform else image), target
-
-    def kept_extras(self) -> dict[str, torch.Tensor]:
-        """The extras of the files still in `samples`."""
-        rows = torch.tensor([self._rows[path] for path, _ in self.samples], dtype=torch.long)
-        return {key: value[rows] for key, value in self.extras.items()}
-
-
-def image_bundle(
-    cfg: DatasetConfig,
-    seed: int,
-    lists: dict[str, ImageList],
-    options: dict[str, Any],
-    *,
-    class_names: list[str],
-    concept_names: list[str] | None = None,
-    class_concepts: torch.Tensor | None = None,
-) -> DataBundle:
-    """The bundle of `lists` (train, test and optionally val, else carved from train) with their extras.
-
-    With at most `in_memory_max` images all load as uint8 at `cfg.image_size` (default 224; Resize +
-    CenterCrop), mean/std from train; else they stream with Normalize (ImageNet mean/std). The `mean`/`std`
-    options override either. Unreadable files are skipped, with a note per split."""
-    size = cfg.image_size or DEFAULT_SIZE
-    splits: dict[str, Split] = {}
-    if sum(len(images) for images in lists.values()) <= options["in_memory_max"]:
-        loaded, skipped = _load_in_memory(lists, size)  # type: ignore[arg-type]
-        for part, split in loaded.items():
-            splits[part] = TensorSplit(split.images, split.labels, lists[part].kept_extras())
-        stats = _stats(options, loaded["train"].images.shape[1])
-        streamed: dict[str, Any] = {}
-    else:  # validated before make_bundle carves val from train by index
-        skipped = {part: _keep_readable(images, _header)[1] for part, images in lists.items()}  # type: ignore[arg-type]
-        stats = _stats(options, 3) or IMAGENET_STATS
-        transform = transforms.Compose(
-            [transforms.Resize(size), transforms.CenterCrop(size), transforms.ToTensor(), transforms.Normalize(*stats)]
-        )
-        for part, images in lists.items():
-            images.transform = transform
-            splits[part] = DatasetSplit(images, options["num_workers"], images.kept_extras())
-        streamed = {"image_size": (size, size), "in_channels": 3}
-    bundle = make_bundle(
-        cfg, seed, splits["train"], splits["test"], splits.get("val"), class_names=class_names,
-        concept_names=concept_names, class_concepts=class_concepts, stats=stats, **streamed,
-    )  # fmt: skip
-    bundle.notes.extend(
-        f"{cfg.name}: skipped {len(files)} unreadable image file(s) in {part} (first: {files[0]})"
-        for part, files in skipped.items()
-        if files
-    )
-    return bundle

@@ -12,9 +12,10 @@ import numpy as np
 import torch
 
 from prunelens.config import DatasetConfig
-from prunelens.data.attributes import IMAGE_OPTIONS, ImageList, binarise_class_table, class_frequencies, image_bundle
+from prunelens.data.attributes import binarise_class_table, class_frequencies
 from prunelens.data.base import DATASETS, DataBundle
 from prunelens.data.common import check_options, option_error, require_root
+from prunelens.data.folder import IMAGE_OPTIONS, ImageList, image_bundle
 from prunelens.errors import PrunelensError
 
 _FILES = ("images.txt", "image_class_labels.txt", "classes.txt", "train_test_split.txt", "attributes/image_attribute_labels.txt")

@@ -12,9 +12,10 @@ import pandas as pd
 import torch
 
 from prunelens.config import DatasetConfig
-from prunelens.data.attributes import IMAGE_OPTIONS, ImageList, image_bundle
 from prunelens.data.base import DATASETS, DataBundle
 from prunelens.data.common import check_fraction, check_options, option_error, require_root, stratified_indices
+from prunelens.data.concept_csv import apply_missing_policy, binary_concepts, check_missing_policy, read_concepts_csv, read_csv
+from prunelens.data.folder import IMAGE_OPTIONS, ImageList, image_bundle
 from prunelens.errors import PrunelensError
 
 CONCEPT_NAMES = [
@@ -74,18 +75,18 @@ def ham10000(cfg: DatasetConfig, seed: int) -> DataBundle:
     Test (`test_fraction`) and then val (`dataset.val_fraction`) are whole lesions, stratified by label, so no
     lesion's images straddle two splits. `concepts_csv` (a path as given, like `dataset.root`): per-image
     concepts, an `image_id` column and either the 0/1 columns `CONCEPT_NAMES` or Derm7pt's categorical
-    columns; an image without a row is an error unless `missing_concepts: drop`."""
+    columns (`concept_csv.read_concepts_csv`, `binary_concepts`: 0/1 or true/false); an image without a row is
+    an error unless `missing_concepts: drop`."""
     root = require_root(cfg, hint="the directory with HAM10000_metadata.csv and the image folders")
     options = check_options(cfg, _HAM_OPTIONS)
     if options["task"] not in ("binary", "dx"):
         raise option_error("task", f"{options['task']!r} is not 'binary' or 'dx'")
-    if options["missing_concepts"] not in ("error", "drop"):
-        raise option_error("missing_concepts", f"{options['missing_concepts']!r} is not 'error' or 'drop'")
+    policy = check_missing_policy(options)
     check_fraction(options, "test_fraction")
     path = root / "HAM10000_metadata.csv"
     if not path.is_file():
         raise PrunelensError(f"{root}: not a HAM10000 directory (missing HAM10000_metadata.csv)")
-    meta = _read_csv(path, ("lesion_id", "image_id", "dx"))
+    meta = read_csv(path, ("lesion_id", "image_id", "dx"))
     dx = meta["dx"].str.strip().str.lower()
     _check_values(dx, DX_CODES, path, "dx")
     if options["task"] == "binary":
@@ -97,13 +98,7 @@ def ham10000(cfg: DatasetConfig, seed: int) -> DataBundle:
     if options["concepts_csv"]:
         csv = Path(options["concepts_csv"])
         concepts, found = _ham_concepts(csv, image_ids)
-        if not found.all():
-            first, count = image_ids[~found][0], int((~found).sum())
-            if options["missing_concepts"] == "error":
-                raise PrunelensError(
-                    f"{csv}: no row for image {first} ({count} image(s) of {path} have none; missing_concepts: drop skips them)"
-                )
-            notes.append(f"ham10000: dropped {count} image(s) without concepts in {csv} (first: {first})")
+        notes = apply_missing_policy(csv, image_ids, found, policy, "ham10000", path)
         meta, image_ids, labels = meta[found], image_ids[found], labels[found]
         extras = {"concepts": concepts[torch.from_numpy(found)]}
     lesions = meta["lesion_id"].str.strip().to_numpy()
@@ -138,7 +133,7 @@ def derm7pt(cfg: DatasetConfig, seed: int) -> DataBundle:
     if missing:
         raise PrunelensError(f"{root}: not a Derm7pt directory (missing {', '.join(missing)})")
     path = root / _DERM7PT_FILES[0]
-    meta = _read_csv(path, ("diagnosis", "derm", *DERM7PT_VALUES))
+    meta = read_csv(path, ("diagnosis", "derm", *DERM7PT_VALUES))
     diagnosis = meta["diagnosis"].str.strip().str.lower()
     if options["task"] == "melanoma":
         labels, class_names = diagnosis.str.contains("melanoma", regex=False).to_numpy(np.int64), ["not melanoma", "melanoma"]
@@ -155,20 +150,6 @@ def derm7pt(cfg: DatasetConfig, seed: int) -> DataBundle:
     return image_bundle(cfg, seed, lists, options, class_names=class_names, concept_names=CONCEPT_NAMES)
 
 
-def _read_csv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
-    """All cells as strings (empty ones as ""); each of `columns` must be present."""
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError) as err:
-        raise PrunelensError(f"{path}: not a readable CSV file ({err})") from None
-    missing = [column for column in columns if column not in frame.columns]
-    if missing:
-        raise PrunelensError(f"{path}: no {', '.join(map(repr, missing))} column(s)")
-    if frame.empty:
-        raise PrunelensError(f"{path}: no data rows")
-    return frame
-
-
 def _check_values(values: pd.Series, allowed: tuple[str, ...], path: Path, column: str) -> None:
     bad = ~values.isin(allowed).to_numpy()
     if bad.any():
@@ -178,16 +159,9 @@ def _check_values(values: pd.Series, allowed: tuple[str, ...], path: Path, colum
 
 def _ham_concepts(path: Path, image_ids: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
     """(N, 8) bool concepts of `image_ids` from the CSV `path`, and (N,) bool: whether the image has a row."""
-    if not path.is_file():
-        raise option_error("concepts_csv", f"{path}: not found")
-    frame = _read_csv(path, ("image_id",))
-    ids = frame["image_id"].str.strip()
-    if ids.duplicated().any():
-        raise PrunelensError(f"{path}: image {ids[ids.duplicated()].iloc[0]} has more than one row")
+    frame, ids, _ = read_concepts_csv(path)
     if all(name in frame.columns for name in CONCEPT_NAMES):
-        for name in CONCEPT_NAMES:
-            _check_values(frame[name].str.strip(), ("0", "1"), path, name)
-        table = torch.tensor(frame[CONCEPT_NAMES].apply(lambda c: c.str.strip() == "1").to_numpy(bool))
+        table = binary_concepts(frame, CONCEPT_NAMES, path)
     elif all(column in frame.columns for column in DERM7PT_VALUES):
         table = derm7pt_concepts(frame, path)
     else:
@@ -224,7 +198,7 @@ def _ham_files(root: Path, image_ids: np.ndarray) -> list[str]:
 
 def _indexes(path: Path, count: int) -> np.ndarray:
     """The `indexes` column of a Derm7pt split file: rows 0..count-1 of meta.csv."""
-    values = pd.to_numeric(_read_csv(path, ("indexes",))["indexes"].str.strip(), errors="coerce").to_numpy()
+    values = pd.to_numeric(read_csv(path, ("indexes",))["indexes"].str.strip(), errors="coerce").to_numpy()
     bad = ~np.isin(values, np.arange(count))
     if bad.any():
         row = int(bad.argmax())

@@ -1,7 +1,7 @@
 """Embeddings and the concept bank (docs/methods.md §15.2–15.3): one concept activation vector per concept.
 
-`embed` runs a network over batches of images (`embed_rows`: rows of a split) and returns its pooled embedding at the concept layer with its
-logits. `draw_samples` picks, per concept, n positive and n negative rows of the train subset (to fit) and of
+`embed_rows` runs a network over rows of a split and returns its pooled embedding at the concept layer with
+its logits (`lenses/features.py`). `draw_samples` picks, per concept, n positive and n negative rows of the train subset (to fit) and of
 the val subset (to choose C and report the bank's quality), with replacement only when too few exist; the draws
 depend on the seed and the concept labels alone, so every network's bank is fitted on the same images.
 `fit_svm_bank` fits a linear SVM per concept (C from a grid by validation accuracy); `fit_logistic_bank` is the
@@ -11,7 +11,6 @@ seed's multi-label logistic layer. `ConceptBank.project` gives the PCBM input.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -19,55 +18,7 @@ import torch
 from sklearn.svm import SVC
 from torch import Tensor, nn
 
-from prunelens.errors import PrunelensError
-from prunelens.lenses.data import LensData
-from prunelens.modules import eval_mode
 from prunelens.seeding import generator
-
-EMBED_BATCH = 256
-
-
-def embedding_module(model: nn.Module, layer: str | None) -> tuple[nn.Module, bool]:
-    """The module whose output (`layer`) or, by default, whose input (the last `nn.Linear`: the penultimate
-    features) is the embedding; the flag says whether the input is taken."""
-    modules = dict(model.named_modules())
-    if layer is not None:
-        if layer not in modules:
-            raise PrunelensError(f"pcbm option layer: {type(model).__name__} has no module {layer!r}")
-        return modules[layer], False
-    linears = [m for m in modules.values() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise PrunelensError(f"pcbm: {type(model).__name__} has no nn.Linear classifier; set the layer option")
-    return linears[-1], True
-
-
-@torch.no_grad()
-def embed(model: nn.Module, images: Iterable[Tensor], layer: str | None) -> tuple[Tensor, Tensor]:
-    """(embeddings (n, D) float32, logits (n, classes)) of batches of normalised `images`, on the CPU; conv
-    outputs are averaged over space."""
-    module, take_input = embedding_module(model, layer)
-    captured: list[Tensor] = []
-
-    def keep(value: Tensor) -> None:
-        captured.append((value.mean((2, 3)) if value.ndim == 4 else value.flatten(1)).float().cpu())
-
-    handle = (
-        module.register_forward_pre_hook(lambda _m, args: keep(args[0]))
-        if take_input
-        else module.register_forward_hook(lambda _m, _a, out: keep(out))
-    )
-    try:
-        with eval_mode(model):
-            logits = [model(x).float().cpu() for x in images]
-    finally:
-        handle.remove()
-    return torch.cat(captured), torch.cat(logits)
-
-
-def embed_rows(model: nn.Module, data: LensData, split: str, index: Tensor, layer: str | None) -> tuple[Tensor, Tensor]:
-    """`embed` of the rows `index` of `split`, `EMBED_BATCH` images at a time."""
-    chunks = (data.take(split, index[i : i + EMBED_BATCH]).images for i in range(0, len(index), EMBED_BATCH))
-    return embed(model, chunks, layer)
 
 
 @dataclass(frozen=True)

@@ -26,13 +26,14 @@ from torch import nn
 
 from prunelens.errors import PrunelensError
 from prunelens.lenses.base import LENSES, Lens, LensContext, LensResult, LensRound, reference_positions
-from prunelens.lenses.concepts.bank import ConceptBank, Samples, draw_samples, embed
+from prunelens.lenses.concepts.bank import ConceptBank, Samples, draw_samples
 from prunelens.lenses.concepts.heads import Head
 from prunelens.lenses.concepts.metrics import compare_heads, topk
 from prunelens.lenses.concepts.options import PCBMOptions
 from prunelens.lenses.concepts.pcbm import NetworkFit, Plan, bank_quality, correctness, fit_network
 from prunelens.lenses.concepts.sources import concept_set, resolve
 from prunelens.lenses.data import LensBatch, LensData
+from prunelens.lenses.features import embed
 
 CONSISTENCY = ("topk_jaccard", "overlap_at_k", "spearman", "kendall_tau_b", "rbo", "rbo_ext", "support_jaccard",
                "sign_agreement", "cosine", "frobenius_normalised", "importance_spearman")  # fmt: skip

@@ -15,11 +15,12 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torch import Tensor, nn
 
-from prunelens.lenses.concepts.bank import ConceptBank, Samples, embed_rows, fit_logistic_bank, fit_svm_bank
+from prunelens.lenses.concepts.bank import ConceptBank, Samples, fit_logistic_bank, fit_svm_bank
 from prunelens.lenses.concepts.heads import Head, Residual, accuracy, auroc, fit_head, fit_residual
 from prunelens.lenses.concepts.metrics import rank_rows, topk
 from prunelens.lenses.concepts.options import PCBMOptions
 from prunelens.lenses.data import LensData
+from prunelens.lenses.features import embed_rows
 
 
 @dataclass(frozen=True)
