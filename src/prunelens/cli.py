@@ -41,6 +41,8 @@ def parser() -> argparse.ArgumentParser:
     compare.add_argument("--round", type=int, help="round to compare (default: the last round all runs finished)")
     compare.add_argument("--out", help="directory for the tables and plot (default: <output-dir>/compare/<runs>)")
     compare.add_argument("--reinit", action="store_true", help="partial re-initialisation: rerun keeping only the overlap's values")
+    compare.add_argument("--mis", nargs="?", const="mis", metavar="KEY",
+                         help="MIS statistics (correlations, ANOVA) across the runs' rounds instead of tickets (lens key, default mis)")
     shrink = command("shrink", "physically remove pruned filters of a round; compare size, FLOPs, latency", quiet=False)
     shrink.add_argument("--round", type=int, help="round (default: the last finished)")
     shrink.add_argument("--batch", type=int, default=32, help="batch size for the latency measurement")

@@ -121,6 +121,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
     from prunelens.report.figures import layer_density_figure, png
 
     runs = [open_run(args, name) for name in args.runs]
+    if args.mis is not None:
+        return compare_mis(runs, args)
     if len(runs) < 2:
         raise PrunelensError("compare: give at least two runs")
     tables = compare_runs(runs, args.round)
@@ -134,6 +136,16 @@ def cmd_compare(args: argparse.Namespace) -> None:
         r = compared_round(runs, args.round)
         table = partial_reinit(runs, r, out)
         print_table(table, f"partial re-initialisation: survival of the overlap at round {r} vs chance")
+
+
+def compare_mis(runs: list[Run], args: argparse.Namespace) -> None:
+    """MIS against pruning rate, accuracy and the pruning settings across the rounds of `runs` (one or more)."""
+    from prunelens.analysis.mis_stats import save_mis_statistics
+
+    out = Path(args.out) if args.out else Path(args.output_dir or "runs") / "compare" / "+".join(sorted(r.root.name for r in runs))
+    tables = save_mis_statistics(runs, args.mis, out)
+    print_table(tables["mis_correlations"], f"MIS vs pruning rate and accuracy ({out})")
+    print_table(tables["mis_anova"], "ANOVA (Type II) of MIS on the pruning settings")
 
 
 def cmd_shrink(args: argparse.Namespace) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 import pandas as pd
 
 from prunelens import config as config_mod
-from prunelens.analysis.mis_stats import mis_statistics
+from prunelens.analysis.mis_stats import save_mis_statistics
 from prunelens.analysis.tickets import compare_runs
 from prunelens.analyze import lens_key
 from prunelens.config import ExperimentConfig
@@ -36,8 +36,6 @@ from prunelens.errors import PrunelensError
 from prunelens.experiment import Prepared, execute, prepare
 from prunelens.lenses import LENSES
 from prunelens.progress import Reporter
-from prunelens.report.figures import png
-from prunelens.report.mis_figures import mis_vs_accuracy, mis_vs_density
 from prunelens.runs import Run
 from prunelens.store import atomic_write
 
@@ -150,17 +148,11 @@ def compare_variants(sweep: Sweep) -> None:
 
 
 def write_mis_statistics(sweep: Sweep) -> None:
-    """With a `mis` lens: MIS of every model against the pruning settings (`analysis/mis_stats.py`) as
-    `mis_models.csv`, `mis_correlations.csv`, `mis_anova.csv`, `mis_anova_accuracy.csv`, `mis_vs_density.png`
-    and `mis_vs_accuracy.png`; a name gets `_<lens key>` when the points hold several mis configurations."""
+    """With a `mis` lens: MIS of every model against the pruning settings (`analysis/mis_stats.py`) in the
+    sweep's directory; names get `_<lens key>` when the points hold several mis configurations."""
     runs: dict[str, dict[Path, Run]] = {}
     for point in sweep.points:
         for spec in (s for s in point.cfg.lenses if s.name == "mis"):
             runs.setdefault(lens_key(LENSES.get("mis")(spec.options)), {})[point.cfg.run_dir] = Run(point.cfg.run_dir)
     for key, found in runs.items():
-        suffix = f"_{key}" if len(runs) > 1 else ""
-        tables = mis_statistics(list(found.values()), key)
-        for name, frame in tables.items():
-            atomic_write(sweep.out_dir / f"{name}{suffix}.csv", frame.to_csv(index=False).encode())
-        for name, draw in (("mis_vs_density", mis_vs_density), ("mis_vs_accuracy", mis_vs_accuracy)):
-            atomic_write(sweep.out_dir / f"{name}{suffix}.png", png(draw(tables["mis_models"])))
+        save_mis_statistics(list(found.values()), key, sweep.out_dir, f"_{key}" if len(runs) > 1 else "")

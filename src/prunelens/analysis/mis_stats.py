@@ -20,6 +20,7 @@ import io
 import math
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,10 @@ import pandas as pd
 from scipy import stats
 
 from prunelens.errors import PrunelensError
+from prunelens.report.figures import png
+from prunelens.report.mis_figures import mis_vs_accuracy, mis_vs_density
 from prunelens.runs import Run
+from prunelens.store import atomic_write
 
 COLUMNS = ["run", "round", "density", "rate", "rate_nominal", "method", "schedule", "epochs", "optimizer", "accuracy", "mis"]
 FACTORS = ("method", "rate_nominal", "epochs", "optimizer", "schedule")
@@ -106,7 +110,11 @@ def correlations(table: pd.DataFrame) -> pd.DataFrame:
     method and pooled, over the pruned models (rounds ≥ 1)."""
     models = pruned(table)
     groups = [(str(m), models[models["method"] == m]) for m in sorted(models["method"].unique())] + [(POOLED, models)]
-    rows = [{"x": x, "group": name, **_pair(g[x].to_numpy(float), g["mis"].to_numpy(float))} for x in ("rate", "accuracy") for name, g in groups]
+    rows = [
+        {"x": x, "group": name, **_pair(g[x].to_numpy(float), g["mis"].to_numpy(float))}
+        for x in ("rate", "accuracy")
+        for name, g in groups
+    ]
     return pd.DataFrame(rows, columns=CORRELATION_COLUMNS)
 
 
@@ -120,7 +128,11 @@ def _terms(models: pd.DataFrame, candidates: Sequence[str]) -> tuple[list[str], 
         if column.nunique() < 2:
             dropped.append(f"{term} (one level)")
             continue
-        added = column.to_numpy(float)[:, None] if name == "accuracy" else pd.get_dummies(column.astype(str), drop_first=True).to_numpy(float)
+        added = (
+            column.to_numpy(float)[:, None]
+            if name == "accuracy"
+            else pd.get_dummies(column.astype(str), drop_first=True).to_numpy(float)
+        )
         wider = np.hstack([design, added])
         if np.linalg.matrix_rank(wider) < np.linalg.matrix_rank(design) + added.shape[1]:
             dropped.append(f"{term} (aliased)")
@@ -137,10 +149,12 @@ def anova(table: pd.DataFrame, with_accuracy: bool) -> pd.DataFrame:
     Terms that cannot be estimated are left out of the formula and listed in `dropped`: a factor with a single
     level (accuracy: constant) as "C(f) (one level)", and one confounded with the terms before it (in the order
     above: its dummy columns do not raise the design's rank by levels − 1, e.g. optimizer when every SGD run
-    also has other epochs than every Adam run) as "C(f) (aliased)", so the design always has full rank. One row per term plus `Residual`: `sum_sq`, `df`, `F`, `p` (statsmodels' `PR(>F)`); every row
-    also carries the model's `n`, `r_squared`, the `formula` fitted and the `dropped` terms (comma-separated),
-    so the CSV keeps them. With no residual degrees of freedom (a saturated design) the terms' values are NaN;
-    with no term left (`mis ~ 1`), only the Residual row; with fewer than 2 models, a Residual row of NaN.
+    also has other epochs than every Adam run) as "C(f) (aliased)", so the design always has full rank.
+
+    One row per term plus `Residual`: `sum_sq`, `df`, `F`, `p` (statsmodels' `PR(>F)`); every row also carries
+    the model's `n`, `r_squared`, the `formula` fitted and the `dropped` terms ("; "-separated), so a CSV keeps
+    them. With no residual degrees of freedom (a saturated design) the terms' values are NaN; with no term left
+    (`mis ~ 1`), only the Residual row; with fewer than 2 models, a Residual row of NaN.
     """
     from statsmodels.formula.api import ols
     from statsmodels.stats.anova import anova_lm
@@ -159,7 +173,9 @@ def anova(table: pd.DataFrame, with_accuracy: bool) -> pd.DataFrame:
             result = anova_lm(fit, typ=2).rename(columns={"PR(>F)": "p"}).rename_axis("term").reset_index()
         else:  # no term, or no residual df (statsmodels refuses the F tests)
             rows = [{"term": t, "sum_sq": math.nan, "df": math.nan, "F": math.nan, "p": math.nan} for t in terms]
-            result = pd.DataFrame([*rows, {"term": "Residual", "sum_sq": float(fit.ssr), "df": float(fit.df_resid), "F": math.nan, "p": math.nan}])
+            result = pd.DataFrame(
+                [*rows, {"term": "Residual", "sum_sq": float(fit.ssr), "df": float(fit.df_resid), "F": math.nan, "p": math.nan}]
+            )
         r_squared = float(fit.rsquared) if terms else 0.0
     return result.assign(r_squared=r_squared, **extra)[ANOVA_COLUMNS]
 
@@ -174,3 +190,14 @@ def mis_statistics(runs: Sequence[Run], key: str = "mis", metric: str = "mis") -
         "mis_anova": anova(table, with_accuracy=False),
         "mis_anova_accuracy": anova(table, with_accuracy=True),
     }
+
+
+def save_mis_statistics(runs: Sequence[Run], key: str, out: Path, suffix: str = "") -> dict[str, pd.DataFrame]:
+    """`mis_statistics` written to `out` as `<table><suffix>.csv`, with `mis_vs_density<suffix>.png` and
+    `mis_vs_accuracy<suffix>.png`."""
+    tables = mis_statistics(runs, key)
+    for name, frame in tables.items():
+        atomic_write(out / f"{name}{suffix}.csv", frame.to_csv(index=False).encode())
+    for name, draw in (("mis_vs_density", mis_vs_density), ("mis_vs_accuracy", mis_vs_accuracy)):
+        atomic_write(out / f"{name}{suffix}.png", png(draw(tables["mis_models"])))
+    return tables

@@ -14,7 +14,9 @@ from matplotlib.figure import Figure
 from prunelens.report.figures import REFERENCE_STYLE, LensView, density_axis, on_axis
 
 GROUP_FACTORS = ("schedule", "epochs", "optimizer")
-"""Besides the method, the factors that split `mis_vs_density`'s lines when they vary in the table."""
+"""Besides the method, the factors that split `mis_vs_density`'s lines (colour: method; line style: the rest)
+when they vary among the pruned models."""
+LINESTYLES = ("-", "--", ":", "-.")
 
 
 def _label(table: pd.DataFrame) -> str:
@@ -41,11 +43,19 @@ def mis_vs_density(table: pd.DataFrame) -> Figure:
     def drawn(densities: list[float]) -> list[float]:  # density 0 where `on_axis` puts it for the whole table
         return [d if d > 0 else zero for d in densities]
 
+    styles = (
+        {k: LINESTYLES[i % len(LINESTYLES)] for i, k in enumerate(sorted(set(zip(*(models[f] for f in split)))))} if split else {}
+    )
     for key, group in models.groupby(["method", *split], sort=True):
         key = key if isinstance(key, tuple) else (key,)
-        curve = group.groupby("rate_nominal").agg(density=("density", "mean"), mis=("mis", "mean")).sort_values("density", ascending=False)
+        curve = (
+            group.groupby("rate_nominal")
+            .agg(density=("density", "mean"), mis=("mis", "mean"))
+            .sort_values("density", ascending=False)
+        )
         label = ", ".join([str(key[0]), *(f"{f} {v}" for f, v in zip(split, key[1:]))])
-        ax.plot(drawn(list(curve["density"])), curve["mis"], marker="o", markersize=3, color=colours[key[0]], label=label)
+        ax.plot(drawn(list(curve["density"])), curve["mis"], marker="o", markersize=3, color=colours[key[0]],
+                linestyle=styles.get(tuple(key[1:]), "-"), label=label)  # fmt: skip
         ax.plot(drawn(list(group["density"])), group["mis"], ".", color=colours[key[0]], alpha=0.3)
     if len(dense):
         ax.plot(drawn(list(dense["density"])), dense["mis"], "*", color="black", markersize=10, label="dense", linestyle="none")
@@ -86,7 +96,14 @@ def mis_density_figure(view: LensView) -> Figure:
         ax.fill_between(x, curve["p05"], curve["p95"], color="tab:blue", alpha=0.15, label="units' 5th–95th percentile")
     weighted = rows[rows["metric"] == "mis_layer_weighted"].sort_values("round")
     if len(weighted):
-        ax.plot(on_axis(list(weighted["density"])), weighted["value"], marker=".", linestyle=":", color="tab:blue", label="layer-weighted")
+        ax.plot(
+            on_axis(list(weighted["density"])),
+            weighted["value"],
+            marker=".",
+            linestyle=":",
+            color="tab:blue",
+            label="layer-weighted",
+        )
     for ref, (colour, ref_label) in REFERENCE_STYLE.items():
         level = table[(table["kind"] == f"{ref}_model") & (table["metric"] == "mis")]["value"]
         if len(level) and math.isfinite(float(level.iloc[0])):
@@ -106,16 +123,34 @@ def mis_layer_figure(view: LensView) -> Figure:
     """Per layer, boxplots of the units' MIS (excluded units left out) for the dense network, the last round and
     each reference network (the floor: random init)."""
     table, label = view.table, view.artefacts.get("label", "MIS")
-    layers = [name.removeprefix("dense.").removesuffix(".mis") for name in view.setup if name.startswith("dense.") and name.endswith(".mis")]
+    layers = [
+        name.removeprefix("dense.").removesuffix(".mis")
+        for name in view.setup
+        if name.startswith("dense.") and name.endswith(".mis")
+    ]
     last = int(table["round"].max()) if len(table) else 0
-    series: list[tuple[str, str, dict[str, np.ndarray]]] = [("dense", "tab:blue", {ly: _finite(view.setup[f"dense.{ly}.mis"]) for ly in layers})]
+    series: list[tuple[str, str, dict[str, np.ndarray]]] = [
+        ("dense", "tab:blue", {ly: _finite(view.setup[f"dense.{ly}.mis"]) for ly in layers})
+    ]
     if last > 0:
         tensors = view.round_tensors(last)
         density = float(table[table["round"] == last]["density"].iloc[0])
-        series.append((f"round {last} (density {density:.2g})", "tab:orange", {ly: _finite(tensors[f"{ly}.mis"]) for ly in layers if f"{ly}.mis" in tensors}))
+        series.append(
+            (
+                f"round {last} (density {density:.2g})",
+                "tab:orange",
+                {ly: _finite(tensors[f"{ly}.mis"]) for ly in layers if f"{ly}.mis" in tensors},
+            )
+        )
     for ref, (colour, ref_label) in REFERENCE_STYLE.items():
         if any(f"{ref}.{ly}.mis" in view.setup for ly in layers):
-            series.append((ref_label, colour, {ly: _finite(view.setup[f"{ref}.{ly}.mis"]) for ly in layers if f"{ref}.{ly}.mis" in view.setup}))
+            series.append(
+                (
+                    ref_label,
+                    colour,
+                    {ly: _finite(view.setup[f"{ref}.{ly}.mis"]) for ly in layers if f"{ref}.{ly}.mis" in view.setup},
+                )
+            )
     width = 0.8 / len(series)
     fig = Figure(figsize=(max(5.0, 0.35 * len(layers) * len(series) + 1.5), 4.2), layout="constrained")
     ax = fig.subplots()
