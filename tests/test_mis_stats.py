@@ -53,8 +53,9 @@ def known_table(seeds: int = 2) -> pd.DataFrame:
                         "epochs": 5,
                         "optimizer": optimizer,
                     }
-                    rows.append({**common, "round": 0, "density": 1.0, "rate": 0.0, "accuracy": 0.95, "mis": 0.99})
-                    rows.append({**common, "round": 1, "density": density, "rate": 1 - density, "accuracy": accuracy, "mis": mis})
+                    rows.append({**common, "round": 0, "density": 1.0, "rate": 0.0, "accuracy": 0.95, "mis": 0.99, "network": "dense"})
+                    rows.append({**common, "round": 1, "density": density, "rate": 1 - density, "accuracy": accuracy, "mis": mis,
+                                 "network": run})  # fmt: skip
     return pd.DataFrame(rows)[COLUMNS]
 
 
@@ -271,3 +272,11 @@ def test_cli_compare_mis_writes_the_statistics(mis_runs, tmp_path, capsys):
     pd.testing.assert_frame_equal(written, mis_statistics(runs, key)["mis_correlations"], check_dtype=False)
     assert (out / "mis_vs_density.png").stat().st_size > 0
     assert main(["compare", str(runs[0].root), "--mis", "--out", str(out)]) == 2  # default key: no such table
+
+
+def test_identical_networks_enter_once():
+    """Points that differ only in the optimiser of 0 retraining epochs hold the same weights: counted once."""
+    table = known_table(seeds=1)
+    twin = table[table["round"] == 1].iloc[:4].assign(run=lambda t: t["run"] + "-twin")
+    both = pd.concat([table, twin], ignore_index=True)
+    pd.testing.assert_frame_equal(correlations(both), correlations(table))

@@ -27,13 +27,14 @@ from typing import Any
 import pandas as pd
 
 from prunelens import config as config_mod
+from prunelens import executors, tracking
 from prunelens.analysis.mis_stats import save_mis_statistics
 from prunelens.analysis.tickets import compare_runs
 from prunelens.analyze import lens_key
 from prunelens.config import ExperimentConfig
 from prunelens.data import DataBundle, build_dataset
 from prunelens.errors import PrunelensError
-from prunelens.experiment import Prepared, execute, prepare
+from prunelens.experiment import Prepared, prepare, summary
 from prunelens.lenses import LENSES
 from prunelens.progress import Reporter
 from prunelens.runs import Run
@@ -113,6 +114,7 @@ def prepare_all(sweep: Sweep, reporter: Reporter) -> list[Prepared]:
     bundles: dict[str, DataBundle] = {}
     prepared = []
     for point in sweep.points:
+        tracking.require(point.cfg)
         key = point.cfg.dataset.model_dump_json()
         if key not in bundles:
             bundles[key] = build_dataset(point.cfg.dataset)
@@ -120,15 +122,21 @@ def prepare_all(sweep: Sweep, reporter: Reporter) -> list[Prepared]:
     return prepared
 
 
-def run_sweep(sweep: Sweep, quiet: bool = False) -> pd.DataFrame:
-    """Run every point (resuming finished ones; dense rounds shared where points differ only in pruning) and
-    write the combined per-round summary table."""
+def run_sweep(
+    sweep: Sweep, quiet: bool = False, executor: str | executors.Executor | None = None, jobs: int | None = None, address: str | None = None
+) -> pd.DataFrame:
+    """Run every point on `executor` (`executors.py`: local, process, ray; resuming finished ones; the dense
+    rounds and references points share trained first, once) and write the combined per-round summary table."""
     frames = []
     with Reporter(quiet) as reporter:
-        for i, (point, prepared) in enumerate(zip(sweep.points, prepare_all(sweep, reporter)), 1):
-            reporter.log(f"[{i}/{len(sweep.points)}] {sweep.name} variant {point.variant} {point.labels}")
-            summary = execute(prepared, reporter).summary().drop(columns=["train_seconds"])
-            frames.append(summary.assign(variant=point.variant, run=point.cfg.run_dir.name, **point.labels))
+        prepared = prepare_all(sweep, reporter)
+        labels = [f"{sweep.name} variant {point.variant} {point.labels}" for point in sweep.points]
+        with executors.get(executor, jobs, address) as ex:
+            results = executors.run_all(ex, prepared, labels, reporter, sweep.name)
+        for point, records in zip(sweep.points, results):
+            tracking.log_run(point.cfg, point.cfg.run_dir, reporter)  # on the driver, after the point finished
+            table = summary(records).drop(columns=["train_seconds"])
+            frames.append(table.assign(variant=point.variant, run=point.cfg.run_dir.name, **point.labels))
     table = pd.concat(frames, ignore_index=True)
     atomic_write(sweep.out_dir / "summary.csv", table.to_csv(index=False).encode())
     if sweep.compare:
@@ -138,13 +146,17 @@ def run_sweep(sweep: Sweep, quiet: bool = False) -> pd.DataFrame:
 
 
 def compare_variants(sweep: Sweep) -> None:
-    """Ticket overlap across the grid runs of each variant, as `overlap_variant<k>.csv`."""
-    for v in sorted({p.variant for p in sweep.points}):
-        points = [p for p in sweep.points if p.variant == v]
+    """Ticket overlap across the grid runs of each variant, as `overlap_variant<k>.csv`; when the grid has
+    seeds, per seed (`overlap_variant<k>_seed<s>.csv`): tickets of different seeds share no initialisation."""
+    groups: dict[tuple[int, Any], list[Point]] = {}
+    for p in sweep.points:
+        groups.setdefault((p.variant, p.labels.get("seed")), []).append(p)
+    for (v, seed), points in sorted(groups.items(), key=lambda item: (item[0][0], str(item[0][1]))):
         if len(points) > 1:
-            labels = [" ".join(f"{k}={val}" for k, val in p.labels.items()) or p.cfg.run_dir.name for p in points]
+            labels = [" ".join(f"{k}={val}" for k, val in p.labels.items() if k != "seed") or p.cfg.run_dir.name for p in points]
+            suffix = f"_variant{v}" + (f"_seed{seed}" if seed is not None else "")
             for name, frame in compare_runs([Run(p.cfg.run_dir) for p in points], labels=labels).items():
-                atomic_write(sweep.out_dir / f"{name}_variant{v}.csv", frame.to_csv(index=False).encode())
+                atomic_write(sweep.out_dir / f"{name}{suffix}.csv", frame.to_csv(index=False).encode())
 
 
 def write_mis_statistics(sweep: Sweep) -> None:

@@ -11,7 +11,10 @@ Factors (`collect`): `method` is `pruning.method/scope/granularity`; `schedule` 
 round, else "iterative"; `rate_nominal` the round's nominal rate from its record (1 − (1 − f)^r; rounded to 6
 decimals so that float noise makes no extra ANOVA level); `epochs` and `optimizer` those of the section that
 trained the round (`retraining` for pruned rounds where the config has one, else `training`, as the runner
-does). `rate` is the actual rate 1 − density (prunable weights), `accuracy` the round's test top-1.
+does); a pruned round retrained for 0 epochs has optimizer `none` — no optimiser touched it. `rate` is the actual
+rate 1 − density (prunable weights), `accuracy` the round's test top-1, `network` the checksum of the round's
+weights: grid points that differ only in the optimiser of 0 retraining epochs hold the same network, which
+enters the statistics once.
 """
 
 from __future__ import annotations
@@ -30,10 +33,10 @@ from scipy import stats
 from prunelens.errors import PrunelensError
 from prunelens.report.figures import png
 from prunelens.report.mis_figures import mis_vs_accuracy, mis_vs_density
-from prunelens.runs import Run
+from prunelens.runs import Run, round_file
 from prunelens.store import atomic_write
 
-COLUMNS = ["run", "round", "density", "rate", "rate_nominal", "method", "schedule", "epochs", "optimizer", "accuracy", "mis"]
+COLUMNS = ["run", "round", "density", "rate", "rate_nominal", "method", "schedule", "epochs", "optimizer", "accuracy", "mis", "network"]
 FACTORS = ("method", "rate_nominal", "epochs", "optimizer", "schedule")
 """The ANOVA's categorical factors: S&vR's four, plus the schedule (one-shot vs iterative, which S&vR's
 method labels do not distinguish from each other here); any with a single level is left out."""
@@ -54,6 +57,10 @@ def lens_table(run: Run, key: str) -> pd.DataFrame:
         if run.store.has(name):
             return reader(io.BytesIO(run.store.read(name)))
     raise PrunelensError(f"{run.root}: no lens table lens_{key}.csv (run the mis lens on it: prunelens analyze)")
+
+
+NO_TRAINING = "none"
+"""The optimiser label of a pruned round retrained for 0 epochs."""
 
 
 def collect(runs: Sequence[Run], key: str = "mis", metric: str = "mis") -> pd.DataFrame:
@@ -77,16 +84,25 @@ def collect(runs: Sequence[Run], key: str = "mis", metric: str = "mis") -> pd.Da
                 "run": run.root.name, "round": r, "density": record["density"], "rate": 1 - record["density"],
                 "rate_nominal": round(float(nominal), RATE_DECIMALS), "method": method_label(run),
                 "schedule": "one-shot" if one_shot else "iterative", "epochs": section.epochs,
-                "optimizer": section.optimizer, "accuracy": record["test_top1"], "mis": float(values[r]),
+                "optimizer": section.optimizer if r == 0 or section.epochs else NO_TRAINING,
+                "accuracy": record["test_top1"], "mis": float(values[r]), "network": _digest(run, r),
             })  # fmt: skip
     out = pd.DataFrame(rows, columns=COLUMNS)
     out.attrs.update(key=key, metric=metric)
     return out
 
 
+def _digest(run: Run, r: int) -> str:
+    """The sha256 of the round's stored weights (identical networks, identical digests)."""
+    return str(run.store.manifest.get(round_file(r, "weights.pt"), f"{run.root.name}/{r}"))
+
+
 def pruned(table: pd.DataFrame) -> pd.DataFrame:
-    """The models the statistics use: rounds ≥ 1."""
-    return table[table["round"] > 0]
+    """The models the statistics use: rounds ≥ 1, each network once. Pruned rounds retrained for 0 epochs do not
+    depend on the retraining optimiser (labelled `none`), so grid points that differ only in it hold the same
+    network (the same weights file checksum, column `network`): only the first is kept."""
+    models = table[table["round"] > 0]
+    return models.drop_duplicates(subset="network") if "network" in models else models
 
 
 def _pair(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
