@@ -31,6 +31,10 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--rounds", type=int, help="override pruning.rounds (more rounds extend a finished run)")
     run.add_argument("--device", help="override device (cpu, cuda, cuda:1, ...)")
     run.add_argument("--threads", type=int, help="CPU threads for torch (default: cores ÷ concurrent workers)")
+    run.add_argument("--executor", choices=("local", "process", "ray"), help="where a sweep's runs train (default: local, one at a time)")
+    run.add_argument("--jobs", type=int, help="runs at once: process pool size, or the CPUs of a local Ray cluster")
+    run.add_argument("--address", help="Ray cluster to use: auto or ray://HOST:PORT (default: start a local one)")
+    run.add_argument("--mlflow", metavar="URI", help="log the finished run to MLflow: sqlite:///PATH or http://127.0.0.1:PORT")
     check = command("check", "validate a config and every input it names, without training or writing", run_arg=False, quiet=False)
     check.add_argument("config", nargs="?", help="YAML config (default: the built-in quick start)")
     analyze = command("analyze", "run explanation lenses on a finished run (no retraining)")
@@ -50,6 +54,8 @@ def parser() -> argparse.ArgumentParser:
     control = command("control", "lottery-ticket controls: random re-initialisation or random pruning")
     control.add_argument("--kind", default="random_reinit", help="random_reinit (default) or random_prune")
     command("show", "per-round table of a run", quiet=False)
+    report = command("report", "write a self-contained report.html (figures embedded) into a run or sweep directory", run_arg=False, quiet=False)
+    report.add_argument("run", metavar="RUN|SWEEP", help="a run (as for show) or a sweep: its directory or its name under <output-dir>/sweeps")
     sub.add_parser("list", help="datasets, models, pruning methods, scopes, granularities and lenses")
     return p
 

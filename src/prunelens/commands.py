@@ -26,6 +26,7 @@ from prunelens.pruning import SCORES
 from prunelens.runs import Run, round_file
 from prunelens.store import atomic_write
 from prunelens.sweep import Point, Sweep, load, prepare_all, run_sweep
+from prunelens.tracking import with_uri
 
 QUICKSTART = "quickstart.yaml"
 
@@ -70,13 +71,39 @@ def cmd_run(args: argparse.Namespace) -> None:
     if isinstance(target, Sweep):
         for point in target.points:
             point.cfg = point.cfg.with_overrides(**changes) if changes else point.cfg
-        table = run_sweep(target, quiet=args.quiet)
+            point.cfg = with_uri(point.cfg, args.mlflow)
+        before = {p.cfg.run_dir: Run(p.cfg.run_dir).store.manifest for p in target.points}
+        table = run_sweep(target, quiet=args.quiet, executor=args.executor, jobs=args.jobs, address=args.address)
         print_table(table, f"sweep {target.name}: {len(target.points)} runs ({target.out_dir / 'summary.csv'})")
+        print_sweep_report(target.out_dir, [d.name for d, files in before.items() if Run(d).store.manifest != files])
         return
-    cfg = target.with_overrides(**changes) if changes else target
+    if args.executor or args.jobs or args.address:
+        raise PrunelensError("--executor, --jobs and --address are for sweeps (a config with a `sweep` section)")
+    cfg = with_uri(target.with_overrides(**changes) if changes else target, args.mlflow)
     result = run(cfg, quiet=args.quiet)
     print_table(summary(result.records), f"{cfg.name}: accuracy vs density ({result.run_dir})")
     print_lenses(result.lenses, result.run_dir)
+    print_report(result.run_dir)
+
+
+def print_report(where: Path) -> None:
+    from prunelens.report.html import write_report
+
+    print(f"report: {write_report(where)}")
+
+
+def print_sweep_report(where: Path, changed: list[str]) -> None:
+    """The sweep's report, after the reports of the runs this command changed (finished runs stay untouched)."""
+    from prunelens.report.html import write_sweep_report
+
+    print(f"report: {write_sweep_report(where, changed)}")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    """Write report.html (figures embedded, no network needed) into the run's or sweep's directory."""
+    from prunelens.report.html import write_report
+
+    print(write_report(args.run, args.output_dir or "runs"))
 
 
 def cmd_check(args: argparse.Namespace) -> None:

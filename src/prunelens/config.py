@@ -8,6 +8,7 @@ import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -146,6 +147,30 @@ class LensConfig(_Section):
         return {"name": data} if isinstance(data, str) else data
 
 
+def _tracking_uri(value: str) -> str:
+    scheme = value.partition(":")[0].lower() if ":" in value else ""
+    if scheme in ("file", "") or len(scheme) == 1:  # a plain path (or a drive letter) is a file store too
+        raise ValueError("MLflow file stores are deprecated in MLflow >= 3.7 and refused from 3.13; use sqlite:///path/to/mlflow.db")
+    if scheme == "sqlite" and value.startswith("sqlite:///") and len(value) > len("sqlite:///"):
+        return value
+    if scheme in ("http", "https") and urlsplit(value).hostname in ("127.0.0.1", "localhost"):
+        return value
+    raise ValueError("is not sqlite:///PATH or http(s)://127.0.0.1|localhost[:PORT] (a local MLflow tracking server)")
+
+
+class MlflowConfig(_Section):
+    """Where a finished run is logged in MLflow (tracking.py); never changes what is computed."""
+
+    uri: Annotated[str, AfterValidator(_tracking_uri)] = Field(description="sqlite:///PATH or http(s)://127.0.0.1|localhost[:PORT]")
+    experiment: str | None = Field(None, min_length=1, max_length=500, description="MLflow experiment (default: the config's name)")
+
+
+class TrackingConfig(_Section):
+    """Experiment trackers the finished run is logged to (not part of the run id)."""
+
+    mlflow: MlflowConfig | None = None
+
+
 class ExperimentConfig(_Section):
     """A whole experiment; its `run_id` names the run directory."""
 
@@ -166,6 +191,7 @@ class ExperimentConfig(_Section):
     )
     lenses: list[LensConfig] = Field(default_factory=list, description="explanation lenses run on every round (not part of the run id)")
     lens_images: int = Field(64, gt=0, le=100_000, description="size of the fixed evaluation batch the lenses explain (first N test images)")
+    tracking: TrackingConfig = Field(TrackingConfig(), description="log the finished run to MLflow (not part of the run id)")
 
     @model_validator(mode="before")
     @classmethod
@@ -180,8 +206,8 @@ class ExperimentConfig(_Section):
         return self.seed if self.order_seed is None else self.order_seed
 
     def canonical(self) -> dict[str, Any]:
-        """Non-default fields that determine training results (no name, output dir, threads, lenses or round count)."""
-        excluded = {"name", "output_dir", "threads", "lenses", "lens_images"}
+        """Non-default fields that determine training results (no name, output dir, threads, lenses, tracking or round count)."""
+        excluded = {"name", "output_dir", "threads", "lenses", "lens_images", "tracking"}
         data = self.model_dump(mode="json", exclude_defaults=True, exclude=excluded)
         if self.pruning.rate is None:  # with a final rate, the round count changes every round's fraction
             data.get("pruning", {}).pop("rounds", None)

@@ -15,11 +15,11 @@ from typing import Any
 import pandas as pd
 from torch import nn
 
-from prunelens import analyze
+from prunelens import analyze, tracking
 from prunelens.cache import FileCache
 from prunelens.config import ExperimentConfig, LensConfig
 from prunelens.data import DataBundle, build_dataset
-from prunelens.dependencies import dense_config, reference_config
+from prunelens.dependencies import TRAINED_REFERENCES, dense_config, reference_config
 from prunelens.device import check_device, configure_cpu
 from prunelens.errors import PrunelensError
 from prunelens.faults import killpoint
@@ -135,9 +135,12 @@ def prepare(cfg: ExperimentConfig, bundle: DataBundle | None = None, reporter: R
 
 
 def run(cfg: ExperimentConfig, quiet: bool = False) -> RunResult:
-    """Run, resume or extend the experiment `cfg`, then its lenses."""
+    """Run, resume or extend the experiment `cfg`, then its lenses; then log it to MLflow when `cfg.tracking` says so."""
+    tracking.require(cfg)
     with Reporter(quiet) as reporter:
-        return execute(prepare(cfg, reporter=reporter), reporter)
+        result = execute(prepare(cfg, reporter=reporter), reporter)
+        tracking.log_run(cfg, result.run_dir, reporter)
+    return result
 
 
 def execute(p: Prepared, reporter: Reporter) -> RunResult:
@@ -168,6 +171,16 @@ def write_tables(run: Run, records: list[dict[str, Any]]) -> None:
     run.store.save_table(METRICS, tidy(records))
     timings = pd.DataFrame([{"round": rec["round"], **{k: rec.get(k) for k in TIMING_METRICS}} for rec in records])
     run.store.write(f"{TIMINGS}.csv", timings.to_csv(index=False).encode())
+
+
+def dependencies(p: Prepared) -> list[Prepared]:
+    """The runs `p` depends on, unstarted: its shared dense run (unless `p` is one) and the trained references
+    its lenses need. `execute` trains whichever is missing on first use; executors.py trains them first, once,
+    so that parallel points never train (or wait for) the same dependency."""
+    shared = dense_config(p.cfg)
+    out = [] if shared.run_dir == p.cfg.run_dir else [p.derive(shared)]
+    kinds = sorted({kind for lens in p.lenses for kind in lens.references()} & set(TRAINED_REFERENCES))
+    return out + [p.derive(reference_config(p.cfg, kind)) for kind in kinds]
 
 
 def reference_models(p: Prepared, kinds: Sequence[str], reporter: Reporter) -> dict[str, nn.Module]:

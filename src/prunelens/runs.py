@@ -11,6 +11,7 @@
     lenses/<key>/          lens.json (name, version, options), setup.{json,pt} (the dense-network result),
                            round_NNN.{json,pt}, figures *.png      lens_<key>.{csv,parquet}: its long table
     controls/<kind>/round_NNN.json, controls_<kind>.{csv,parquet}   lottery-ticket controls (derived)
+    report.html            `prunelens report`: every figure and table of the run on one page (derived)
     manifest.json          sha256 of every file above (store.py)
 
 Primary files (config, start, rounds) are written once; everything else is derived: recomputable, rebuilt
@@ -38,7 +39,7 @@ from prunelens.store import MANIFEST, RunStore
 
 CANONICAL, CONFIG, INFO, START = "canonical.json", "config.yaml", "run.json", "start.pt"
 METRICS, TIMINGS = "metrics", "timings"
-DERIVED = ("metrics.*", "timings.*", "lens_*", "lenses/*", "controls_*", "controls/*", "rounds/*/shrink.json", "rounds/*/shrunk.pt2", "*.png")
+DERIVED = ("metrics.*", "timings.*", "lens_*", "lenses/*", "controls_*", "controls/*", "rounds/*/shrink.json", "rounds/*/shrunk.pt2", "*.png", "report.html")
 
 
 def round_file(r: int, name: str) -> str:

@@ -89,6 +89,9 @@ class Lens(ABC):
     version: ClassVar[int] = 1
     """Bump when stored results of an older version must be recomputed."""
     Options: ClassVar[type[LensOptions]] = LensOptions
+    headline_metric: ClassVar[str | None] = None
+    """The `headline` column the report's summary quotes at the sparsest round against the references (default:
+    the first column with a value there and in a reference row)."""
 
     def __init__(self, options: LensOptions | Mapping[str, Any] | None = None) -> None:
         self.options = options if isinstance(options, LensOptions) else self.Options.model_validate(dict(options or {}))

@@ -54,6 +54,7 @@ class PCBMLens(Lens):
     name = "pcbm"
     version = 1
     Options = PCBMOptions
+    headline_metric = "topk_jaccard"
     options: PCBMOptions
 
     def references(self) -> tuple[str, ...]:
