@@ -249,6 +249,7 @@ def test_cli_analyze_and_the_variants(finished, capsys):
     assert "pcbm: explanations vs density" in out and "topk_jaccard" in out
     assert (result.run_dir / "lens_pcbm.csv").is_file() and (result.run_dir / "lens_pcbm_topk.csv").is_file()
     variants = [{"fixed_bank": True}, {"concept_bank": "multilabel_logistic"}, {"head": "torch", "residual": False}]
+    variants = [{**v, "references": ["floor"], "n_samples": 20} for v in variants]
     tables = analyze_run(Run.open(result.run_dir), [LensConfig(name="pcbm", options=o) for o in variants], quiet=True)
     assert len({t.key for t in tables}) == 3
     fixed, logistic, torch_head = (t.table for t in tables)

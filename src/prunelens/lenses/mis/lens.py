@@ -61,10 +61,11 @@ class MISLens(Lens):
 
     # -- shared by every network
 
-    def _pool(self, ctx: LensContext) -> tuple[Pool, Tensor, str]:
-        """The pool, the cosine matrix of its embeddings and the encoder's name (embeddings cached by content)."""
+    def _pool(self, ctx: LensContext, digest: str | None = None) -> tuple[Pool, Tensor, str]:
+        """The pool, the cosine matrix of its embeddings and the encoder's name (embeddings cached by content;
+        rounds pass the digest the setup stored, so the pool's pixels are hashed once per run)."""
         o = self.options
-        pool = load_pool(ctx.data, o.pool, o.pool_size, ctx.seed, o.pool_root)
+        pool = load_pool(ctx.data, o.pool, o.pool_size, ctx.seed, o.pool_root, digest)
         if len(pool.images) < 2 * self.spec.pool_size(len(pool.images)):
             raise PrunelensError(f"mis: a pool of {len(pool.images)} images is too small for K = {o.k} and q = {o.quantile}")
         encoder = build_encoder(o.encoder, o.encoder_arch, o.encoder_weights, o.encoder_size)
@@ -147,7 +148,7 @@ class MISLens(Lens):
         encoder = ctx.dense_result.artefacts["encoder"]
         if rnd.round == 0:
             return LensResult()
-        pool, similarity, _ = self._pool(ctx)
+        pool, similarity, _ = self._pool(ctx, ctx.dense_result.artefacts["pool"]["sha256"])
         scored = self._score(rnd.model, rnd.masks, pool, similarity, ctx.seed)
         records = self._records(scored)
         dense = ctx.dense_result.tensors

@@ -30,10 +30,7 @@ class Pool:
     pixels: Tensor
     images: Tensor
     source: str
-
-    @property
-    def digest(self) -> str:
-        return hashlib.sha256((self.pixels * 255).round().to(torch.uint8).cpu().numpy().tobytes()).hexdigest()
+    digest: str
 
     def batches(self) -> Iterator[Tensor]:
         for start in range(0, len(self.images), BATCH):
@@ -43,12 +40,18 @@ class Pool:
         return {"source": self.source, "images": len(self.images), "sha256": self.digest}
 
 
-def load_pool(data: LensData, split: str, size: int, seed: int, root: Path | None) -> Pool:
+def pixel_digest(pixels: Tensor) -> str:
+    """sha256 of the pixels on the 0–255 scale."""
+    return hashlib.sha256((pixels * 255).round().to(torch.uint8).cpu().numpy().tobytes()).hexdigest()
+
+
+def load_pool(data: LensData, split: str, size: int, seed: int, root: Path | None, digest: str | None = None) -> Pool:
     """`size` images drawn from the (seed, "pool") stream: of `split`, or of the image files under `root`
-    (read as the data's channels and resized to its image size)."""
+    (read as the data's channels and resized to its image size); `digest` (known from an earlier load of the same
+    pool) saves hashing the pixels again."""
     if root is None:
         batch = data.take(split, data.pool_index(size, split, seed))
-        return Pool(batch.pixels, batch.images, f"{split} split")
+        return Pool(batch.pixels, batch.images, f"{split} split", digest or pixel_digest(batch.pixels))
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in SUFFIXES and p.is_file())
     if not files:
         raise PrunelensError(f"{root}: no image files (mis option pool_root)")
@@ -57,7 +60,7 @@ def load_pool(data: LensData, split: str, size: int, seed: int, root: Path | Non
     pixels = torch.stack([_read(files[i], bundle.in_channels, bundle.image_size) for i in order.tolist()])
     mean = torch.tensor(bundle.mean).view(1, -1, 1, 1)
     std = torch.tensor(bundle.std).view(1, -1, 1, 1)
-    return Pool(pixels, ((pixels - mean) / std).to(data.device), str(root))
+    return Pool(pixels, ((pixels - mean) / std).to(data.device), str(root), digest or pixel_digest(pixels))
 
 
 def _read(path: Path, channels: int, size: tuple[int, int]) -> Tensor:
