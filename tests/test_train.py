@@ -88,3 +88,42 @@ def test_evaluate_top1_top5():
     out = evaluate(Fixed(), Loader(s, 3, mean=(0.0,), std=(1.0,)))
     assert out["top1"] == 0.5 and out["top5"] == 0.75  # label 5 is ranked sixth
     assert out["loss"] == pytest.approx(float(nn.functional.cross_entropy(Fixed()(torch.zeros(4)), s.labels)))
+
+
+def conv_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 3))
+
+
+def trained(cfg: TrainingConfig) -> tuple[nn.Module, dict[str, float]]:
+    model = conv_net()
+    fit = train(model, Loader(split(), 10, mean=(0.5,), std=(0.25,), shuffle=True, seed=1), cfg, None, start_step=0, end_step=10)
+    return model, fit
+
+
+def test_channels_last_trains_the_same_weights_and_stores_them_contiguous():
+    plain, _ = trained(TrainingConfig(epochs=2, lr=0.05))
+    fast, _ = trained(TrainingConfig(epochs=2, lr=0.05, channels_last=True))
+    for p, q in zip(plain.parameters(), fast.parameters()):
+        assert torch.allclose(p, q, atol=1e-5)
+        assert q.is_contiguous()
+
+
+def test_bf16_autocast_runs_the_forward_in_bf16_and_keeps_fp32_weights():
+    seen = []
+    model = conv_net()
+    model[3].register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    cfg = TrainingConfig(epochs=2, lr=0.05, precision="bf16")
+    fit = train(model, Loader(split(), 10, mean=(0.5,), std=(0.25,), shuffle=True, seed=1), cfg, None, start_step=0, end_step=10)
+    assert set(seen) == {torch.bfloat16}
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    _, reference = trained(TrainingConfig(epochs=2, lr=0.05))
+    assert fit["train_loss"] == pytest.approx(reference["train_loss"], rel=0.05)  # bf16 keeps ~3 significant digits
+
+
+def test_compiled_training_equals_eager():
+    eager, fit_eager = trained(TrainingConfig(epochs=2, lr=0.05))
+    compiled, fit_compiled = trained(TrainingConfig(epochs=2, lr=0.05, compile=True))
+    for p, q in zip(eager.parameters(), compiled.parameters()):
+        assert torch.allclose(p, q, atol=1e-5)
+    assert fit_compiled["train_loss"] == pytest.approx(fit_eager["train_loss"], rel=1e-5)

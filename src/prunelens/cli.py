@@ -34,6 +34,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--executor", choices=("local", "process", "ray"), help="where a sweep's runs train (default: local, one at a time)")
     run.add_argument("--jobs", type=int, help="runs at once: process pool size, or the CPUs of a local Ray cluster")
     run.add_argument("--address", help="Ray cluster to use: auto or ray://HOST:PORT (default: start a local one)")
+    run.add_argument("--no-batch", action="store_true", help="train a sweep's runs one by one, never as batched tickets")
     run.add_argument("--mlflow", metavar="URI", help="log the finished run to MLflow: sqlite:///PATH or http://127.0.0.1:PORT")
     check = command("check", "validate a config and every input it names, without training or writing", run_arg=False, quiet=False)
     check.add_argument("config", nargs="?", help="YAML config (default: the built-in quick start)")

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from prunelens import config as config_mod
+from prunelens import distributed
 from prunelens.analyze import LensTable
 from prunelens.config import ExperimentConfig, LensConfig, PruningConfig
 from prunelens.data import DATASETS
@@ -69,18 +70,25 @@ def loaded(path: str | None) -> Sweep | ExperimentConfig:
 def cmd_run(args: argparse.Namespace) -> None:
     target, changes = loaded(args.config), overrides(args)
     if isinstance(target, Sweep):
+        if distributed.launched():
+            raise PrunelensError("a sweep cannot run under torchrun: run it without torchrun, or each point's config with it")
         for point in target.points:
             point.cfg = point.cfg.with_overrides(**changes) if changes else point.cfg
             point.cfg = with_uri(point.cfg, args.mlflow)
         before = {p.cfg.run_dir: Run(p.cfg.run_dir).store.manifest for p in target.points}
-        table = run_sweep(target, quiet=args.quiet, executor=args.executor, jobs=args.jobs, address=args.address)
+        batch = False if args.no_batch else None
+        table = run_sweep(target, quiet=args.quiet, executor=args.executor, jobs=args.jobs, address=args.address, batch=batch)
         print_table(table, f"sweep {target.name}: {len(target.points)} runs ({target.out_dir / 'summary.csv'})")
         print_sweep_report(target.out_dir, [d.name for d, files in before.items() if Run(d).store.manifest != files])
         return
-    if args.executor or args.jobs or args.address:
-        raise PrunelensError("--executor, --jobs and --address are for sweeps (a config with a `sweep` section)")
+    if args.executor or args.jobs or args.address or args.no_batch:
+        raise PrunelensError("--executor, --jobs, --address and --no-batch are for sweeps (a config with a `sweep` section)")
     cfg = with_uri(target.with_overrides(**changes) if changes else target, args.mlflow)
-    result = run(cfg, quiet=args.quiet)
+    distributed.launch(cfg, lambda cfg: run_and_print(cfg, args.quiet))  # under torchrun: only rank 0 runs it
+
+
+def run_and_print(cfg: ExperimentConfig, quiet: bool) -> None:
+    result = run(cfg, quiet=quiet)
     print_table(summary(result.records), f"{cfg.name}: accuracy vs density ({result.run_dir})")
     print_lenses(result.lenses, result.run_dir)
     print_report(result.run_dir)

@@ -133,6 +133,9 @@ class TrainingConfig(_Section):
     milestones: list[int] = Field(default_factory=list, description="epochs at which `step` multiplies the LR by gamma")
     gamma: float = Field(0.1, gt=0, description="LR factor: per milestone (step) or per epoch (exponential)")
     warmup_steps: int = Field(0, ge=0, description="linear LR warm-up from 0")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: autocast forward and loss (weights, masks and optimizer stay fp32)")
+    channels_last: bool = Field(False, description="convs in channels-last memory format (faster on GPUs with tensor cores)")
+    compile: bool = Field(False, description="torch.compile the model for training")
 
 
 class LensConfig(_Section):

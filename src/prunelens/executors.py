@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from prunelens import config as config_mod
+from prunelens import lockstep
 from prunelens.config import ExperimentConfig
 from prunelens.data import DataBundle, build_dataset
 from prunelens.device import WORKERS_ENV, configure_cpu, cores
@@ -256,9 +257,13 @@ def get(executor: str | Executor | None = None, jobs: int | None = None, address
     return ProcessExecutor(jobs) if name == "process" else RayExecutor(address, num_cpus=jobs)
 
 
-def run_all(executor: Executor, runs: Sequence[Prepared], labels: Sequence[str], reporter: Reporter, name: str) -> list[Records]:
+def run_all(
+    executor: Executor, runs: Sequence[Prepared], labels: Sequence[str], reporter: Reporter, name: str, batch: bool = True
+) -> list[Records]:
     """Train the distinct dependencies of `runs` (a first wave), then `runs`; their records, in order. Raises a
-    one-line error naming every run that failed (the others are finished and kept)."""
+    one-line error naming every run that failed (the others are finished and kept). With `batch` and the local
+    executor, runs that can train together first train their rounds in lockstep as batched tickets (lockstep.py)."""
+    batched = batch and executor.name == "local"
     shared: dict[Path, Prepared] = {}
     for p in runs:
         for dep in dependencies(p):
@@ -266,7 +271,11 @@ def run_all(executor: Executor, runs: Sequence[Prepared], labels: Sequence[str],
     if shared:
         deps = list(shared.values())
         reporter.log(f"{name}: {len(deps)} dependency run(s) first (dense rounds and references the points share)")
+        if batched:
+            lockstep.train_groups(deps, reporter)
         _raise_failures(name, deps, executor.map(deps, [f"dependency {d.cfg.run_dir.name}" for d in deps], reporter), "dependency run")
+    if batched:
+        lockstep.train_groups(runs, reporter)
     return _raise_failures(name, runs, executor.map(runs, labels, reporter))
 
 

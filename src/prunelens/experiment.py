@@ -28,7 +28,7 @@ from prunelens.lenses.data import LensData
 from prunelens.models import build_model, build_untrained
 from prunelens.progress import Reporter
 from prunelens.pruning import check as check_pruning
-from prunelens.rounds import Context, DenseRound, run_rounds
+from prunelens.rounds import Context, Dense, DenseRound, run_rounds
 from prunelens.runs import METRICS, TIMINGS, Run, data_info
 from prunelens.seeding import forked
 
@@ -147,15 +147,19 @@ def execute(p: Prepared, reporter: Reporter) -> RunResult:
     """Train the missing rounds of `p.cfg` (round 0 from its shared dense run), rebuild its tables and run its lenses."""
     cfg = p.cfg
     run = Run(cfg.run_dir)
-    shared = dense_config(cfg)
-    dense = None if shared.run_dir == cfg.run_dir else (lambda: dense_round(p.derive(shared), reporter))
     with run.writing(on_wait=reporter.notice):
         run.initialise(cfg, data_info(p.bundle))
-        records = run_rounds(Context(cfg, p.bundle, p.build(), reporter), run, dense)
+        records = run_rounds(Context(cfg, p.bundle, p.build(), reporter), run, dense_source(p, reporter))
         killpoint("rounds.done")
         write_tables(run, records)
         lenses = analyze_lenses(p, run, reporter) if p.lenses else []
     return RunResult(run.root, records, lenses)
+
+
+def dense_source(p: Prepared, reporter: Reporter) -> Dense | None:
+    """Where `p` takes its round 0 from: its shared dense run (run or reused on first use), or None for a dense run."""
+    shared = dense_config(p.cfg)
+    return None if shared.run_dir == p.cfg.run_dir else (lambda: dense_round(p.derive(shared), reporter))
 
 
 def dense_round(p: Prepared, reporter: Reporter) -> DenseRound:

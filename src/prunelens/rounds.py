@@ -177,41 +177,64 @@ def train_round(ctx: Context, r: int, masks: MaskSet, k: int, label: str | None 
     return fit
 
 
-def run_rounds(ctx: Context, run: Run, dense: Dense | None = None) -> list[dict[str, Any]]:
-    """Run (or resume, or extend) rounds 0…R in `run` (locked) and return every finished round's stored record."""
-    cfg, model, store = ctx.cfg, ctx.model, run.store
-    dense = cache(dense) if dense is not None else None
-    theta_start, k = start_state(ctx, run, dense)
-    done = set(run.rounds())
-    masks = trained = None
-    for r in range(cfg.pruning.rounds + 1):
-        check_interrupt()
-        if r in done:
+class Rounds:
+    """The round loop of one run (locked) as steps, so that several runs can advance in lockstep (lockstep.py):
+    `begin(r)` sets the model up for round r (prune, rewind) and says whether it is still to do; a round with
+    `fit` None then trains, and `finish(r, fit)` measures and stores it."""
+
+    def __init__(self, ctx: Context, run: Run, dense: Dense | None = None) -> None:
+        self.ctx, self.run = ctx, run
+        self.dense = cache(dense) if dense is not None else None
+        self.theta_start, self.k = start_state(ctx, run, self.dense)
+        self.done = set(run.rounds())
+        self.masks: MaskSet | None = None
+        self.trained: dict[str, torch.Tensor] | None = None
+        self.fit: dict[str, Any] | None = None
+        self.prune_seconds = 0.0
+
+    def begin(self, r: int) -> bool:
+        """Prune and rewind for round `r`; False (and nothing done) when `r` finished earlier."""
+        ctx, cfg, model = self.ctx, self.ctx.cfg, self.ctx.model
+        if r in self.done:
             ctx.reporter.log(f"round {r}: finished earlier, skipped")
-            continue
-        if r > 0 and trained is None:  # resuming: only the last finished round's state is needed
-            masks, trained = run.round(r - 1).masks(), run.round(r - 1).weights()
+            return False
+        if r > 0 and self.trained is None:  # resuming: only the last finished round's state is needed
+            self.masks, self.trained = self.run.round(r - 1).masks(), self.run.round(r - 1).weights()
         began = time.perf_counter()
         if r == 0:
-            masks = MaskSet.ones(model, ctx.names)
+            self.masks = MaskSet.ones(model, ctx.names)
         else:
-            model.load_state_dict(trained)
-            masks = prune(model, masks, cfg.pruning, next(iter(ctx.loader(ctx.training(r)).epoch(0))), seed=cfg.seed)
-        prune_seconds = time.perf_counter() - began
-        if r == 0 and dense is not None:
-            shared = dense()
+            model.load_state_dict(self.trained)
+            self.masks = prune(model, self.masks, cfg.pruning, next(iter(ctx.loader(ctx.training(r)).epoch(0))), seed=cfg.seed)
+        self.prune_seconds = time.perf_counter() - began
+        self.fit = None
+        if r == 0 and self.dense is not None:
+            shared = self.dense()
             model.load_state_dict(shared.weights)
-            fit = shared.fit
+            self.fit = shared.fit
         else:
-            rewind(model, trained if cfg.pruning.rewind == "none" and r > 0 else theta_start, masks)
-            fit = train_round(ctx, r, masks, k)
-        nominal = 1 - (1 - cfg.pruning.round_fraction) ** r
-        record = {"round": r, "rate_nominal": nominal, **measure(ctx, model, masks), **fit, "prune_seconds": prune_seconds}
-        trained = {n: t.detach().clone() for n, t in model.state_dict().items()}
-        store.save_tensors(round_file(r, "masks.pt"), masks.state_dict())
-        store.save_tensors(round_file(r, "weights.pt"), trained)
+            rewind(model, self.trained if cfg.pruning.rewind == "none" and r > 0 else self.theta_start, self.masks)
+        return True
+
+    def finish(self, r: int, fit: dict[str, Any]) -> None:
+        """Measure the trained round `r` and store its masks, weights and record (the record last)."""
+        ctx, store = self.ctx, self.run.store
+        nominal = 1 - (1 - ctx.cfg.pruning.round_fraction) ** r
+        record = {"round": r, "rate_nominal": nominal, **measure(ctx, ctx.model, self.masks), **fit, "prune_seconds": self.prune_seconds}
+        self.trained = {n: t.detach().clone() for n, t in ctx.model.state_dict().items()}
+        store.save_tensors(round_file(r, "masks.pt"), self.masks.state_dict())
+        store.save_tensors(round_file(r, "weights.pt"), self.trained)
         store.save_json(round_file(r, "metrics.json"), record)
         collapse = f"  collapsed: {record['collapse']}" if record["collapsed"] else ""
         source = f" (from {record['dense_run']})" if "dense_run" in record else ""
         ctx.reporter.log(f"round {r}{source}: density {record['density']:.3f}  test top-1 {record['test_top1']:.3f}{collapse}")
+
+
+def run_rounds(ctx: Context, run: Run, dense: Dense | None = None) -> list[dict[str, Any]]:
+    """Run (or resume, or extend) rounds 0…R in `run` (locked) and return every finished round's stored record."""
+    rounds = Rounds(ctx, run, dense)
+    for r in range(ctx.cfg.pruning.rounds + 1):
+        check_interrupt()
+        if rounds.begin(r):
+            rounds.finish(r, rounds.fit or train_round(ctx, r, rounds.masks, rounds.k))
     return run.records()

@@ -9,6 +9,7 @@ A config may carry a `sweep` section next to the usual fields (which form the ba
       grid:                      # optional: dotted field → values; every combination is run
         pruning.method: [magnitude, l1, l2]
       compare: true              # ticket overlap across the grid runs of each variant
+      batch: true                # default: runs of one architecture and schedule train as batched tickets
 
 Every point is an ordinary run (its own hash-named directory, resumable); points that differ only in pruning
 settings share one dense run. Every point is checked before the first one trains. The sweep writes a combined
@@ -55,6 +56,7 @@ class Sweep:
     name: str
     points: list[Point]
     compare: bool
+    batch: bool = True
 
     @property
     def out_dir(self) -> Path:
@@ -82,8 +84,10 @@ def _overlay(base: dict[str, Any], variant: dict[str, Any]) -> dict[str, Any]:
 def expand(data: dict[str, Any], source: str = "config") -> Sweep:
     """The runs of a config with a `sweep` section (validating every point)."""
     spec = data.pop("sweep")
-    if not isinstance(spec, dict) or set(spec) - {"variants", "grid", "compare"}:
-        raise PrunelensError(f"{source}: sweep: expected a mapping with variants, grid and/or compare")
+    if not isinstance(spec, dict) or set(spec) - {"variants", "grid", "compare", "batch"}:
+        raise PrunelensError(f"{source}: sweep: expected a mapping with variants, grid, compare and/or batch")
+    if not isinstance(spec.get("batch", True), bool):
+        raise PrunelensError(f"{source}: sweep.batch: expected true or false, got {spec['batch']!r}")
     variants = spec.get("variants") or [{}]
     grid = spec.get("grid") or {}
     if not isinstance(variants, list) or not all(isinstance(v, dict) for v in variants):
@@ -98,7 +102,7 @@ def expand(data: dict[str, Any], source: str = "config") -> Sweep:
             for dotted, value in labels.items():
                 _set(point, dotted, value)
             points.append(Point(config_mod.from_dict(point, source=f"{source} (variant {v}, {labels})"), v, labels))
-    return Sweep(points[0].cfg.name, points, bool(spec.get("compare", False)))
+    return Sweep(points[0].cfg.name, points, bool(spec.get("compare", False)), spec.get("batch", True))
 
 
 def load(path: str | Path) -> Sweep | ExperimentConfig:
@@ -123,16 +127,22 @@ def prepare_all(sweep: Sweep, reporter: Reporter) -> list[Prepared]:
 
 
 def run_sweep(
-    sweep: Sweep, quiet: bool = False, executor: str | executors.Executor | None = None, jobs: int | None = None, address: str | None = None
+    sweep: Sweep,
+    quiet: bool = False,
+    executor: str | executors.Executor | None = None,
+    jobs: int | None = None,
+    address: str | None = None,
+    batch: bool | None = None,
 ) -> pd.DataFrame:
     """Run every point on `executor` (`executors.py`: local, process, ray; resuming finished ones; the dense
-    rounds and references points share trained first, once) and write the combined per-round summary table."""
+    rounds and references points share trained first, once; with the local executor, points that can train
+    together as batched tickets unless `batch` or `sweep.batch` is false) and write the combined per-round summary table."""
     frames = []
     with Reporter(quiet) as reporter:
         prepared = prepare_all(sweep, reporter)
         labels = [f"{sweep.name} variant {point.variant} {point.labels}" for point in sweep.points]
         with executors.get(executor, jobs, address) as ex:
-            results = executors.run_all(ex, prepared, labels, reporter, sweep.name)
+            results = executors.run_all(ex, prepared, labels, reporter, sweep.name, sweep.batch if batch is None else batch)
         for point, records in zip(sweep.points, results):
             tracking.log_run(point.cfg, point.cfg.run_dir, reporter)  # on the driver, after the point finished
             table = summary(records).drop(columns=["train_seconds"])

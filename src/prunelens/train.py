@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -68,12 +69,19 @@ def train(
 
     Returns the mean training loss over the last epoch trained and the wall time.
     """
+    from prunelens import distributed  # here: distributed.py builds on this module
+
+    if distributed.active():  # under torchrun (the leader): the same training, data-parallel
+        return distributed.lead(
+            model, loader, cfg, masks, start_step=start_step, end_step=end_step, lr_offset=lr_offset, progress=progress, where=where
+        )
     steps_per_epoch = len(loader)
     total = cfg.epochs * steps_per_epoch
     optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], cfg)
     enforce = masks.enforcer(model) if masks is not None else (lambda: None)
     enforce()
     model.train()
+    forward = accelerated(model, cfg)
     step, losses, began = start_step, [], time.perf_counter()
     while step < end_step:
         epoch, first = divmod(step, steps_per_epoch)
@@ -81,7 +89,8 @@ def train(
         for x, y in loader.epoch(epoch, start=first):
             for group in optimizer.param_groups:
                 group["lr"] = cfg.lr * lr_factor(step + lr_offset, cfg, steps_per_epoch, total)
-            loss = F.cross_entropy(model(x), y)
+            with autocast(cfg, x.device):
+                loss = F.cross_entropy(forward(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -93,8 +102,26 @@ def train(
             if step >= end_step:
                 break
         check_finite(losses, cfg, epoch, where)
+    if cfg.channels_last:
+        model.to(memory_format=torch.contiguous_format)  # stored weights keep the default layout
     mean_loss = float(torch.stack(losses).mean()) if losses else float("nan")
     return {"train_loss": mean_loss, "train_seconds": time.perf_counter() - began}
+
+
+def autocast(cfg: TrainingConfig, device: torch.device) -> AbstractContextManager:
+    """bf16 autocast of the forward pass and the loss when `cfg.precision` is bf16 (parameters, gradients and
+    optimizer state stay fp32), else nothing."""
+    return torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else nullcontext()
+
+
+def accelerated(model: nn.Module, cfg: TrainingConfig) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The training forward of `model`: with `channels_last`, weights and 4-d inputs in channels-last memory
+    format; with `compile`, through `torch.compile`. The plain module otherwise."""
+    forward: Callable[[torch.Tensor], torch.Tensor] = torch.compile(model) if cfg.compile else model
+    if not cfg.channels_last:
+        return forward
+    model.to(memory_format=torch.channels_last)
+    return lambda x: forward(x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x)
 
 
 def check_finite(losses: list[torch.Tensor], cfg: TrainingConfig, epoch: int, where: str) -> None:
