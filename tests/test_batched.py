@@ -99,7 +99,9 @@ def test_stack_enforces_every_members_masks_in_one_call():
 
 def test_what_cannot_be_batched():
     assert unbatchable(LeNet(10, 1, (8, 8))) is None
-    assert "BatchNorm2d" in unbatchable(CifarResNet(10, 3, (16, 16), depth=8, width=4))
+    assert "BatchNorm2d" in unbatchable(CifarResNet(10, 3, (16, 16), depth=8, width=4), "cuda")
+    assert "convolution" in unbatchable(ConvNet(10, 3, (8, 8), blocks=1), "cpu")
+    assert unbatchable(ConvNet(10, 3, (8, 8), blocks=1), "cuda") is None
     assert "Dropout" in unbatchable(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5)))
 
 

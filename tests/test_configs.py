@@ -12,7 +12,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 @pytest.mark.parametrize(
     ("name", "points"),
-    [("quickstart", 1), ("pruning_methods", 112), ("pruning_mis", 128), ("layerwise_importance", 30),
+    [("quickstart", 1), ("pruning_methods", 112), ("pruning_mis", 128), ("layerwise_importance", 15),
      ("lth_explain", 1), ("lth_explain_medmnist", 1)],
 )  # fmt: skip
 def test_config_expands(name, points):

@@ -33,11 +33,14 @@ MAX_PARAMS = 5_000_000
 """Largest network batched automatically: above it one member already keeps the cores busy."""
 
 
-def unbatchable(model: nn.Module) -> str | None:
-    """Why `model` cannot be trained in a batch (a layer with in-place state or its own randomness), or None."""
+def unbatchable(model: nn.Module, device: str = "cpu") -> str | None:
+    """Why `model` is not trained in a batch on `device` (a layer with in-place state or its own randomness, a
+    size that fills the machine alone, convolutions on a CPU), or None."""
     for name, module in model.named_modules():
         if isinstance(module, NORMS) or isinstance(module, nn.modules.dropout._DropoutNd):
             return f"{name or 'the model'} is a {type(module).__name__}"
+        if isinstance(module, nn.Conv2d) and torch.device(device).type == "cpu":
+            return f"{name} is a convolution: on a CPU, batched (grouped) convolutions are slower than one network at a time"
     if any(True for _ in model.buffers()):
         return "the model has buffers"
     if sum(p.numel() for p in model.parameters()) > MAX_PARAMS:

@@ -185,8 +185,10 @@ def compare_mis(runs: list[Run], args: argparse.Namespace) -> None:
 
 def cmd_shrink(args: argparse.Namespace) -> None:
     from prunelens.analysis.shrink import shrink_round
+    from prunelens.device import configure_cpu
 
     found = open_run(args)
+    configure_cpu(args.threads)
     report = shrink_round(found, args.round, batch=args.batch, repeats=args.repeats)
     rows = [
         {"model": kind, "params": report[kind]["params"], "flops": report[kind]["flops"],
@@ -196,8 +198,40 @@ def cmd_shrink(args: argparse.Namespace) -> None:
     ]  # fmt: skip
     print_table(pd.DataFrame(rows), f"round {report['round']}: masked (simulated) vs shrunk (physical), batch {args.batch}")
     if report["shrunk"]["params"] == report["masked"]["params"]:
-        print("no whole filter or input channel is pruned: unstructured sparsity cannot be removed physically")
+        print("no whole filter or input channel is pruned: unstructured sparsity cannot be removed physically;"
+              " what sparse kernels buy is in the next table")
     print(f"measured speed-up: {report['latency']['speedup']:.2f}x; model saved as {found.root / round_file(report['round'], 'shrunk.pt2')}")
+    sparse = report["sparse"]
+    times, speedup = sparse["latency_ms"], sparse["latency_ms"]["speedup"]
+    rows = [
+        {"model": kind, "density": sparse["density"], "flops_effective": sparse["flops_effective"],
+         "latency_median_ms": times[kind]["median"], "latency_min_ms": times[kind]["min"],
+         "latency_max_ms": times[kind]["max"], "speedup": 1.0 if kind == "masked" else speedup}
+        for kind in ("masked", "sparse")
+    ]  # fmt: skip
+    print_table(pd.DataFrame(rows), f"round {report['round']}: masked dense vs sparse CSR kernels (CPU), batch {args.batch}")
+    verdict = "faster" if sparse["faster"] else "slower"
+    print(f"at this round's density {sparse['density']:.4g}, sparse kernels are {verdict} than the masked dense model:"
+          f" {speedup:.2f}x (max |Δ output| {sparse['max_abs_diff']:.1e}; {len(sparse['dense_layers'])} masked layer(s) kept dense)")
+    load, cpus = max(sparse["load_average"]), sparse["cores"]
+    if load > cpus:
+        hint = "a quiet machine" if sparse["threads"] == 1 else "--threads 1, or a quiet machine"
+        print(f"WARNING: load average {load:.1f} on {cpus} cores while timing ({sparse['threads']} torch thread(s)):"
+              f" other processes compete, so these timings are unreliable (try {hint})")
+    cross, plot = sparse["crossover"]["density"], found.root / sparse["crossover"]["figure"]
+    if cross is None:
+        print(f"sparse kernels never won at the densities measured ({min(sparse['crossover']['densities'], default=1):g}"
+              f" and above; crossover plot: {plot})")
+    else:
+        print(f"sparse kernels win below density {cross:g} on this machine (this round's layer shapes at random masks,"
+              f" batch {sparse['crossover']['batch']}; crossover plot: {plot})")
+    semi = sparse["semi_structured"]
+    if semi["status"] != "measured":
+        print(f"2:4 semi-structured kernels: {semi['status']}")
+    else:
+        print("2:4 semi-structured kernels (" + semi["device"] + "): "
+              + (", ".join(f"{row['layer']} {row['speedup']:.2f}x" if "speedup" in row else f"{row['layer']} failed ({row['error']})"
+                           for row in semi["layers"]) or "no Linear layer to time"))  # fmt: skip
 
 
 def cmd_control(args: argparse.Namespace) -> None:

@@ -18,6 +18,7 @@ connection; torchrun stops the other workers), the timeouts are the fallback for
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import time
@@ -93,10 +94,8 @@ def launch(cfg: ExperimentConfig, main: Callable[[ExperimentConfig], None]) -> N
             try:
                 main(cfg)
             except BaseException:
-                try:  # the followers must not wait for a leader that is gone
+                with contextlib.suppress(Exception):  # the followers must not wait for a leader that is gone
                     _send(DONE)
-                except Exception:
-                    pass
                 raise
             _send(DONE)
         else:
@@ -205,7 +204,7 @@ def train_parallel(
             if progress is not None:
                 try:
                     progress(1)
-                except BaseException as err:  # an interrupt (a safe point): every rank stops after this step
+                except BaseException as err:  # noqa: BLE001 (an interrupt at a safe point): every rank stops after this step
                     failure = err
             flag.fill_(failure is not None)
             dist.broadcast(flag, src=0, group=_control)

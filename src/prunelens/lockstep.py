@@ -29,9 +29,9 @@ TRAINING_PRUNING_FIELDS = ("rounds", "rewind", "rewind_step", "lr_reset", "persi
 
 def group_key(p: Prepared) -> str | None:
     """What members of one group share (data, architecture, training, the rounds' steps), or None when `p`
-    cannot be batched (a structured shrink, a network with batch-norm or dropout, or a large one)."""
+    is not batched (masks not persistent, or `batched.unbatchable`)."""
     cfg = p.cfg
-    if not cfg.pruning.persistent or unbatchable(p.build()) is not None:
+    if not cfg.pruning.persistent or unbatchable(p.build(), cfg.device) is not None:
         return None
     pruning = cfg.pruning.model_dump(mode="json", include=set(TRAINING_PRUNING_FIELDS))
     parts = {k: getattr(cfg, k) for k in ("dataset", "model", "training", "retraining")}

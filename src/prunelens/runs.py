@@ -6,7 +6,8 @@
     start.pt               θ_start: the state every round rewinds to (init, step k or pretrained)
     rounds/NNN/masks.pt    bool masks            rounds/NNN/weights.pt   trained (masked) state_dict
     rounds/NNN/metrics.json                      the round's record; written last: it marks the round done
-    rounds/NNN/shrink.json, shrunk.pt2           `prunelens shrink` (derived)
+    rounds/NNN/shrink.json, shrunk.pt2           `prunelens shrink` (derived), with the sparse-kernel latency
+    rounds/NNN/sparse_crossover.{csv,png}        sparse vs dense kernels by density on this machine (derived)
     metrics.{csv,parquet}  long table of the finished rounds (derived)   timings.csv   seconds per round
     lenses/<key>/          lens.json (name, version, options), setup.{json,pt} (the dense-network result),
                            round_NNN.{json,pt}, figures *.png      lens_<key>.{csv,parquet}: its long table
@@ -39,11 +40,11 @@ from prunelens.store import MANIFEST, RunStore
 
 CANONICAL, CONFIG, INFO, START = "canonical.json", "config.yaml", "run.json", "start.pt"
 METRICS, TIMINGS = "metrics", "timings"
-DERIVED = ("metrics.*", "timings.*", "lens_*", "lenses/*", "controls_*", "controls/*", "rounds/*/shrink.json", "rounds/*/shrunk.pt2", "*.png", "report.html")
+DERIVED = ("metrics.*", "timings.*", "lens_*", "lenses/*", "controls_*", "controls/*", "rounds/*/shrink.json", "rounds/*/shrunk.pt2", "rounds/*/sparse_crossover.csv", "*.png", "report.html")
 
 
 def round_file(r: int, name: str) -> str:
-    """`rounds/NNN/<name>` (masks.pt, weights.pt, metrics.json, shrink.json, shrunk.pt2)."""
+    """`rounds/NNN/<name>` (masks.pt, weights.pt, metrics.json, shrink.json, shrunk.pt2, sparse_crossover.{csv,png})."""
     return f"rounds/{r:03d}/{name}"
 
 
