@@ -6,7 +6,8 @@ loss is the sum of the members' mean losses, so member k's gradient is exactly i
 stacked tensors keeps a separate state per member, because SGD, momentum, weight decay and Adam act element by
 element. Each member keeps its own masks (one fused multiply per step for all of them) and its own data order
 (its loader; members sharing a loader share the batch, which vmap then broadcasts). Results equal K trainings
-one after another within float tolerance (tests/test_batched.py).
+one after another with `train` within float tolerance (tests/test_batched.py), and bit for bit what the same
+member gives in a batch of one (`train_one`, how every batchable round trains).
 
 Only networks without batch-norm or dropout are batched: running statistics are updated in place, and dropout
 would draw other numbers than a sequential run. `precision: bf16` applies as in `train`; `channels_last` and
@@ -17,25 +18,32 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
+from prunelens import distributed
 from prunelens.config import TrainingConfig
 from prunelens.data.loader import Loader
 from prunelens.masks import MaskSet
 from prunelens.modules import NORMS
-from prunelens.train import Progress, autocast, build_optimizer, check_finite, lr_factor
+from prunelens.train import Progress, autocast, build_optimizer, check_finite, lr_factor, train
 
 MAX_PARAMS = 5_000_000
 """Largest network batched automatically: above it one member already keeps the cores busy."""
 
 
-def unbatchable(model: nn.Module, device: str = "cpu") -> str | None:
+def unbatchable(model: nn.Module, device: str = "cpu", cfg: TrainingConfig | None = None) -> str | None:
     """Why `model` is not trained in a batch on `device` (a layer with in-place state or its own randomness, a
-    size that fills the machine alone, convolutions on a CPU), or None."""
+    size that fills the machine alone, convolutions on a CPU, `cfg` asking for channels-last or torch.compile,
+    data-parallel training), or None."""
+    if cfg is not None and (cfg.channels_last or cfg.compile):
+        return "training.channels_last / training.compile act on a module, not on stacked weights"
+    if distributed.active():
+        return "data-parallel training (torchrun)"
     for name, module in model.named_modules():
         if isinstance(module, NORMS) or isinstance(module, nn.modules.dropout._DropoutNd):
             return f"{name or 'the model'} is a {type(module).__name__}"
@@ -46,6 +54,16 @@ def unbatchable(model: nn.Module, device: str = "cpu") -> str | None:
     if sum(p.numel() for p in model.parameters()) > MAX_PARAMS:
         return f"more than {MAX_PARAMS:,} parameters"
     return None
+
+
+def train_one(model: nn.Module, loader: Loader, cfg: TrainingConfig, masks: MaskSet | None, **steps: Any) -> dict[str, float]:
+    """`train` one network (same arguments) — through the batched path as a batch of one when it can be batched,
+    so a run's numbers do not depend on whether it trained alone or with others: a member's arithmetic does not
+    depend on K or on the other members (tests/test_batched.py; observed bit for bit with this CPU's BLAS)."""
+    if unbatchable(model, str(loader.device), cfg) is not None:
+        return train(model, loader, cfg, masks, **steps)
+    where = steps.pop("where", "training")
+    return train_batched([model], [loader], cfg, [masks], **steps, where=[where])[0]
 
 
 class Stack:
@@ -99,7 +117,7 @@ def train_batched(
     stack = Stack(models, masks)
     shared = all(loader is loaders[0] for loader in loaders)
     forward = vmap(lambda p, x: functional_call(base, p, (x,)), in_dims=(0, None if shared else 0))
-    optimizer = build_optimizer(list(stack.params.values()), cfg)
+    optimizer = build_optimizer(list(stack.params.values()), cfg, fused=False)
     steps_per_epoch = len(loaders[0])
     total = cfg.epochs * steps_per_epoch
     stack.enforce()
@@ -131,6 +149,6 @@ def train_batched(
         for k in range(k_models):
             check_finite([loss[k] for loss in losses], cfg, epoch, where[k] if where else f"batched member {k}")
     stack.unstack()
-    mean = torch.stack(losses).mean(0) if losses else torch.full((k_models,), float("nan"))
     share = (time.perf_counter() - began) / k_models
-    return [{"train_loss": float(mean[k]), "train_seconds": share} for k in range(k_models)]
+    means = [float(torch.stack([loss[k] for loss in losses]).mean()) if losses else float("nan") for k in range(k_models)]
+    return [{"train_loss": mean, "train_seconds": share} for mean in means]

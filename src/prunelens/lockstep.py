@@ -3,8 +3,8 @@
 A sweep's points that train the same architecture on the same data with the same schedule differ only in what
 `Rounds` does between trainings (pruning scores, seeds, masks): `train_groups` advances such a group round by
 round — every member prunes and rewinds, then all members train as one batch, then every member measures and
-stores its round. The stored rounds are those `run_rounds` would write (within float tolerance), so the sweep
-then executes each point as usual and finds its rounds finished. `sweep.batch: false` (or `--no-batch`) turns
+stores its round. The stored rounds are those `run_rounds` writes (which trains such a run as a batch of one,
+`batched.train_one`), so the sweep then executes each point as usual and finds its rounds finished. `sweep.batch: false` (or `--no-batch`) turns
 it off.
 """
 
@@ -31,7 +31,9 @@ def group_key(p: Prepared) -> str | None:
     """What members of one group share (data, architecture, training, the rounds' steps), or None when `p`
     is not batched (masks not persistent, or `batched.unbatchable`)."""
     cfg = p.cfg
-    if not cfg.pruning.persistent or unbatchable(p.build(), cfg.device) is not None:
+    retraining = cfg.retraining or cfg.training
+    model = p.build()
+    if not cfg.pruning.persistent or any(unbatchable(model, cfg.device, t) for t in (cfg.training, retraining)):
         return None
     pruning = cfg.pruning.model_dump(mode="json", include=set(TRAINING_PRUNING_FIELDS))
     parts = {k: getattr(cfg, k) for k in ("dataset", "model", "training", "retraining")}

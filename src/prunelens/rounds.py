@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunelens.batched import train_one
 from prunelens.config import ExperimentConfig, TrainingConfig
 from prunelens.data.base import DataBundle
 from prunelens.data.loader import Loader
@@ -168,7 +169,7 @@ def train_round(ctx: Context, r: int, masks: MaskSet, k: int, label: str | None 
     section = "retraining" if r > 0 and ctx.cfg.retraining is not None else "training"
     with ctx.reporter.task(label or f"round {r}/{ctx.cfg.pruning.rounds}", total=max(end - start, 0)) as advance:
         enforced = masks if ctx.cfg.pruning.persistent else None
-        fit = train(
+        fit = train_one(
             ctx.model, ctx.loader(training), training, enforced,
             start_step=start, end_step=end, lr_offset=lr_offset(ctx, r, k), progress=advance, where=f"round {r} ({section})",
         )  # fmt: skip

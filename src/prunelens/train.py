@@ -25,14 +25,16 @@ def make_loader(bundle: DataBundle, split: Split, batch_size: int, device: str, 
     return Loader(split, batch_size, mean=bundle.mean, std=bundle.std, device=device, shuffle=train, seed=seed, augment=augment and train)
 
 
-def build_optimizer(params: list[nn.Parameter], cfg: TrainingConfig) -> torch.optim.Optimizer:
+def build_optimizer(params: list[nn.Parameter], cfg: TrainingConfig, fused: bool = True) -> torch.optim.Optimizer:
     """A fresh SGD / Adam / AdamW over `params`: the fused kernels where they are faster (measured on CPU:
-    1.6–7× for SGD with momentum and Adam/AdamW), `foreach` for plain SGD (where fused is slower)."""
+    1.6–7× for SGD with momentum and Adam/AdamW), `foreach` for plain SGD (where fused is slower) and whenever
+    `fused` is False (the fused CPU kernels round an element differently depending on where it sits in its tensor;
+    batched training needs a member's update to be independent of the stacked tensor's size)."""
     if cfg.optimizer == "sgd":
-        fast = {"fused": True} if cfg.momentum or cfg.weight_decay else {"foreach": True}
+        fast = {"fused": True} if fused and (cfg.momentum or cfg.weight_decay) else {"foreach": True}
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay, **fast)
     cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.optimizer]
-    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **({"fused": True} if fused else {"foreach": True}))
 
 
 def lr_factor(step: int, cfg: TrainingConfig, steps_per_epoch: int, total_steps: int) -> float:
