@@ -127,9 +127,9 @@ def free_port() -> int:
 
 
 def test_train_parallel_equals_train_on_the_same_global_batches(tmp_path):
-    # torch.multiprocessing.spawn's machinery, forking: fresh interpreters would each import prunelens again (~15 s
-    # on a loaded 2-core machine); the children set up their own process group and touch no state of this one
-    context = mp.start_processes(worker, args=(free_port(), tmp_path), nprocs=2, join=False, start_method="fork")
+    # spawned, not forked: a child forked from a process whose autograd engine already ran (earlier tests) cannot
+    # run backward ("Unable to handle autograd's threading in combination with fork-based multiprocessing")
+    context = mp.start_processes(worker, args=(free_port(), tmp_path), nprocs=2, join=False, start_method="spawn")
     deadline = time.monotonic() + 150
     while not context.join(timeout=2):
         if time.monotonic() > deadline:
