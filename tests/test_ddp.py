@@ -138,7 +138,7 @@ def test_train_parallel_equals_train_on_the_same_global_batches(tmp_path):
             pytest.fail("train_parallel did not finish in time (a hang)")
     model, loader, masks = setup()
     fit = train(model, loader, STEPS, masks, start_step=1, end_step=12, lr_offset=2)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     assert all(torch.equal(ranks[0]["state"][k], ranks[1]["state"][k]) for k in ranks[0]["state"])
     for name, value in model.state_dict().items():
         torch.testing.assert_close(ranks[0]["state"][name], value, rtol=1e-5, atol=1e-6)
