@@ -30,7 +30,7 @@ from prunelens.config import TrainingConfig
 from prunelens.data.loader import Loader
 from prunelens.masks import MaskSet
 from prunelens.modules import NORMS
-from prunelens.train import Progress, autocast, build_optimizer, check_finite, lr_factor, train
+from prunelens.train import Progress, autocast, build_optimizer, check_finite, set_lr, train
 
 MAX_PARAMS = 5_000_000
 """Largest network batched automatically: above it one member already keeps the cores busy."""
@@ -129,8 +129,7 @@ def train_batched(
         losses = []
         batches = [loaders[0].epoch(epoch, start=first)] if shared else [loader.epoch(epoch, start=first) for loader in loaders]
         for parts in zip(*batches):
-            for group in optimizer.param_groups:
-                group["lr"] = cfg.lr * lr_factor(step + lr_offset, cfg, steps_per_epoch, total)
+            set_lr(optimizer, cfg, step + lr_offset, steps_per_epoch, total)
             x = parts[0][0] if shared else torch.stack([p[0] for p in parts])
             y = parts[0][1].repeat(k_models) if shared else torch.cat([p[1] for p in parts])
             with autocast(cfg, x.device):

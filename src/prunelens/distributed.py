@@ -37,7 +37,7 @@ from prunelens.data.loader import Loader
 from prunelens.device import WORKERS_ENV
 from prunelens.errors import PrunelensError
 from prunelens.masks import MaskSet
-from prunelens.train import Progress, accelerated, autocast, build_optimizer, check_finite, lr_factor, make_loader
+from prunelens.train import Progress, accelerated, autocast, build_optimizer, check_finite, make_loader, set_lr
 
 if TYPE_CHECKING:
     from prunelens.experiment import Prepared
@@ -190,8 +190,7 @@ def train_parallel(
         epoch, first = divmod(step, steps_per_epoch)
         means = []
         for x, y in loader.epoch(epoch, start=first):
-            for group in optimizer.param_groups:
-                group["lr"] = cfg.lr * lr_factor(step + lr_offset, cfg, steps_per_epoch, total)
+            set_lr(optimizer, cfg, step + lr_offset, steps_per_epoch, total)
             xs, ys = shard(x, rank, world), shard(y, rank, world)
             with autocast(cfg, x.device):
                 local = F.cross_entropy(forward(xs), ys, reduction="sum")

@@ -53,6 +53,12 @@ def lr_factor(step: int, cfg: TrainingConfig, steps_per_epoch: int, total_steps:
     return warm * base
 
 
+def set_lr(optimizer: torch.optim.Optimizer, cfg: TrainingConfig, step: int, steps_per_epoch: int, total_steps: int) -> None:
+    """Set every parameter group's LR to that of schedule step `step`."""
+    for group in optimizer.param_groups:
+        group["lr"] = cfg.lr * lr_factor(step, cfg, steps_per_epoch, total_steps)
+
+
 def train(
     model: nn.Module,
     loader: Loader,
@@ -89,8 +95,7 @@ def train(
         epoch, first = divmod(step, steps_per_epoch)
         losses = []
         for x, y in loader.epoch(epoch, start=first):
-            for group in optimizer.param_groups:
-                group["lr"] = cfg.lr * lr_factor(step + lr_offset, cfg, steps_per_epoch, total)
+            set_lr(optimizer, cfg, step + lr_offset, steps_per_epoch, total)
             with autocast(cfg, x.device):
                 loss = F.cross_entropy(forward(x), y)
             optimizer.zero_grad(set_to_none=True)
